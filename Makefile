@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is optional.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install when the project's dependencies change.
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format typecheck demo dev emulator bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check dagster_together tests example_project bench
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check dagster_together tests example_project bench
+	$(BIN)/ruff format --check dagster_together tests example_project bench
+
+format: $(STAMP)
+	$(BIN)/ruff format dagster_together tests example_project bench
+	$(BIN)/ruff check --fix dagster_together tests example_project bench
+
+typecheck: $(STAMP)
+	$(BIN)/python -m pip install --quiet mypy
+	$(BIN)/mypy
+
+# The example pipeline end to end on the embedded defaults: the local emulator and local files.
+demo: $(STAMP)
+	$(BIN)/python -m example_project.demo
+
+# The Dagster UI on the example project, with the emulator running.
+dev: $(STAMP)
+	$(BIN)/python -m example_project.dev
+
+emulator: $(STAMP)
+	$(BIN)/python -m dagster_together.emulator --port 8765
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .demo .dagster_home bench/out *.egg-info

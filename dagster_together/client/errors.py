@@ -1,0 +1,80 @@
+"""The exceptions the client raises.
+
+Every message says what happened and what to do. None of them ever holds the API key: the
+transport builds messages from the status, the path and the server's error message only.
+"""
+
+from __future__ import annotations
+
+
+class TogetherError(Exception):
+    """Base class for every error raised by dagster-together."""
+
+
+class InvalidRequestFileError(TogetherError, ValueError):
+    """A batch input file (or request table) breaks the API's rules; nothing was sent."""
+
+
+class APIError(TogetherError):
+    """The API answered with an error status.
+
+    Attributes:
+        status_code: the HTTP status.
+        message: the server's own message, if any.
+        code: the server's error code or type, if any.
+        request: ``"METHOD /path"`` of the call that failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        request: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.request = request
+
+
+class BadRequestError(APIError):
+    """400/422: the request is wrong; retrying it unchanged will not help."""
+
+
+class AuthenticationError(APIError):
+    """401: the API key is missing or wrong."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the key is valid but may not do this."""
+
+
+class NotFoundError(APIError):
+    """404: the file or batch does not exist (or belongs to another account)."""
+
+
+class ConflictError(APIError):
+    """409: the request conflicts with the current state of the resource."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests, still refused after the configured retries."""
+
+
+class ServerError(APIError):
+    """5xx: Together's side failed, still failing after the configured retries."""
+
+
+class APIConnectionError(TogetherError):
+    """The API could not be reached (refused, reset, timed out) after the configured retries."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The API did not answer within the configured timeout."""
+
+
+class DownloadError(TogetherError):
+    """A file could not be downloaded completely; nothing was left at the destination."""
