@@ -23,6 +23,7 @@ class APIError(TogetherError):
         message: the server's own message, if any.
         code: the server's error code or type, if any.
         request: ``"METHOD /path"`` of the call that failed.
+        body: the decoded JSON error body, if there was one (kept out of the message).
     """
 
     def __init__(
@@ -32,12 +33,14 @@ class APIError(TogetherError):
         status_code: int | None = None,
         code: str | None = None,
         request: str | None = None,
+        body: object = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.code = code
         self.request = request
+        self.body = body
 
 
 class BadRequestError(APIError):
@@ -78,3 +81,7 @@ class APITimeoutError(APIConnectionError):
 
 class DownloadError(TogetherError):
     """A file could not be downloaded completely; nothing was left at the destination."""
+
+
+class InputFileNotFoundError(InvalidRequestFileError, FileNotFoundError):
+    """The file given to upload does not exist (or is not a regular file); nothing was sent."""

@@ -1,0 +1,92 @@
+"""``TogetherClient``: the plain-Python entry point (no Dagster needed)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import httpx
+
+from dagster_together.client.batches import Batches
+from dagster_together.client.files import Files
+from dagster_together.client.transport import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Transport
+
+
+class TogetherClient:
+    """A client for Together's Files and Batch API.
+
+    Args:
+        api_key: the API key; None reads ``TOGETHER_API_KEY``. It is never shown by ``repr``,
+            in exception messages or in logs.
+        base_url: None reads ``TOGETHER_BASE_URL``, else ``https://api.together.xyz/v1``. A
+            URL without a ``/v1`` path gets ``/v1`` added (SDK 3.x style host-only URLs work).
+        timeout: seconds for connect and for each read/write (not for a whole download).
+        max_retries: retries after the first attempt, for transient failures only (429, 408,
+            5xx, connection errors); also the number of resumes a download may make.
+        verify_tls: verify the server's TLS certificate; turn off only for a test server.
+        http_transport: an ``httpx.BaseTransport`` to send requests through (tests, proxies).
+        backoff_base, backoff_max: exponential backoff: ``backoff_base`` doubling per retry,
+            capped at ``backoff_max`` seconds, with jitter. A server's ``Retry-After`` wins
+            (capped at 60 s).
+
+    Use as a context manager, or call :meth:`close`, to release connections.
+
+    Example::
+
+        with TogetherClient() as client:
+            f = client.files.upload("requests.jsonl")
+            job = client.batches.create_batch(f.id)
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        verify_tls: bool = True,
+        http_transport: httpx.BaseTransport | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+    ) -> None:
+        self._transport = Transport(
+            api_key,
+            base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            verify_tls=verify_tls,
+            http_transport=http_transport,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
+        del api_key
+        self.files = Files(self._transport)
+        self.batches = Batches(self._transport)
+
+    @property
+    def base_url(self) -> str:
+        """The normalised API base URL, ending in ``/v1``."""
+        return self._transport.base_url
+
+    @property
+    def transport(self) -> Transport:
+        """The underlying transport (retry policy, timeouts)."""
+        return self._transport
+
+    def close(self) -> None:
+        """Close the connection pool. The client cannot be used afterwards."""
+        self._transport.close()
+
+    def __enter__(self) -> TogetherClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TogetherClient(base_url={self.base_url!r}, api_key='**********')"
