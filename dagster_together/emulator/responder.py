@@ -1,0 +1,207 @@
+"""The deterministic "model" behind the emulator: one request body in, one JSONL line out.
+
+Answers depend only on the prompt, so a test can predict them and a benchmark is repeatable.
+Lines are built from string templates rather than ``json.dumps`` of nested dicts: generation
+has to run at hundreds of thousands of requests per batch, and the templates are 3-4x faster.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from json.encoder import encode_basestring_ascii as _quote  # C-accelerated JSON string escape
+from typing import Any
+
+CHAT_ENDPOINT = "/v1/chat/completions"
+COMPLETIONS_ENDPOINT = "/v1/completions"
+AUDIO_ENDPOINTS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+SUPPORTED_ENDPOINTS = (CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, *AUDIO_ENDPOINTS)
+
+#: A last user message containing this text fails into the error file.
+ERROR_MARKER = "EMULATE_ERROR"
+
+_WORD = re.compile(r"[a-z']+")
+# Label words ("positive", "negative", "neutral") are left out on purpose: prompts often list
+# them as the allowed answers, and they must not sway the verdict.
+_POSITIVE = frozenset(
+    "love loved loves great good excellent amazing awesome wonderful fantastic happy best "
+    "like liked enjoy enjoyed perfect nice superb delightful pleased recommend brilliant "
+    "fast helpful beautiful".split()
+)
+_NEGATIVE = frozenset(
+    "hate hated hates bad terrible awful worst poor horrible disappointing disappointed "
+    "broken slow boring sad angry useless waste annoying refund never ugly rude "
+    "dislike problem".split()
+)
+_OPENERS = (
+    "In short:",
+    "Briefly:",
+    "Here is a concise answer.",
+    "Good question.",
+    "To summarize:",
+    "The short version:",
+    "Answer:",
+    "Put simply:",
+)
+_CLOSERS = (
+    "The key point is to start from the facts and keep it simple.",
+    "It depends on the context, but the usual answer is the straightforward one.",
+    "Most sources agree on this, with a few caveats.",
+    "That covers the essentials; details vary by case.",
+    "A careful reading suggests the common interpretation is right.",
+    "This is the standard explanation.",
+)
+
+
+class RequestFailure(Exception):
+    """One request fails; it goes to the error file with this message and code."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _text_of(content: Any) -> str:
+    """Text of a message ``content``: a string, or a list of parts with ``text``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _word_count(text: str) -> int:
+    return len(text.split())
+
+
+def sentiment(text: str) -> str:
+    """``positive``/``negative``/``neutral`` from a tiny word lexicon (deterministic)."""
+    words = _WORD.findall(text.lower())
+    score = sum(map(_POSITIVE.__contains__, words)) - sum(map(_NEGATIVE.__contains__, words))
+    if score > 0:
+        return "positive"
+    if score < 0:
+        return "negative"
+    return "neutral"
+
+
+def answer(prompt: str, instructions: str = "") -> str:
+    """The assistant's reply to ``prompt``; ``instructions`` are the other messages' text.
+
+    A sentiment classification request gets a bare label, anything else a short answer whose
+    wording depends on a hash of the prompt.
+    """
+    if "sentiment" in prompt.lower() or "sentiment" in instructions.lower():
+        return sentiment(prompt)
+    h = zlib.crc32(prompt.encode("utf-8", "replace"))
+    words = prompt.split()
+    snippet = " ".join(words[:8]).strip(" .?!:;,\"'")
+    if len(words) > 8:
+        snippet += "..."
+    return f'{_OPENERS[h % len(_OPENERS)]} On "{snippet}": {_CLOSERS[(h >> 8) % len(_CLOSERS)]}'
+
+
+class Responder:
+    """Builds output and error lines for one request of a batch.
+
+    ``fail_pattern`` is a regex searched in each ``custom_id``; matches fail into the error file.
+    """
+
+    def __init__(self, fail_pattern: str | None = None) -> None:
+        self._fail = re.compile(fail_pattern) if fail_pattern else None
+
+    def line(
+        self,
+        *,
+        endpoint: str,
+        custom_id: str,
+        body: dict[str, Any],
+        default_model: str | None,
+        created: int,
+        line_id: str,
+        request_id: str,
+    ) -> tuple[bool, str]:
+        """Return ``(succeeded, jsonl_line)``: an output line or an error line, ``\\n``-terminated."""
+        cid = _quote(custom_id)
+        try:
+            body_json = self._body(endpoint, custom_id, body, default_model, created, request_id)
+        except RequestFailure as failure:
+            return False, (
+                f'{{"custom_id": {cid}, "error": {{"message": {_quote(failure.message)}, '
+                f'"code": {_quote(failure.code)}}}}}\n'
+            )
+        return True, (
+            f'{{"id": "{line_id}", "custom_id": {cid}, "response": {{"status_code": 200, '
+            f'"request_id": "{request_id}", "body": {body_json}}}}}\n'
+        )
+
+    def _body(
+        self,
+        endpoint: str,
+        custom_id: str,
+        body: dict[str, Any],
+        default_model: str | None,
+        created: int,
+        request_id: str,
+    ) -> str:
+        model = body.get("model") or default_model
+        if not isinstance(model, str) or not model:
+            raise RequestFailure("'model' is required in the request body", "invalid_request_error")
+        if endpoint == CHAT_ENDPOINT:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise RequestFailure("'messages' must be a non-empty list", "invalid_request_error")
+            texts = [_text_of(m.get("content")) if isinstance(m, dict) else "" for m in messages]
+            last_user = next(
+                (
+                    texts[i]
+                    for i in range(len(messages) - 1, -1, -1)
+                    if isinstance(messages[i], dict) and messages[i].get("role") == "user"
+                ),
+                texts[-1],
+            )
+            self._maybe_fail(custom_id, last_user)
+            prompt_tokens = sum(map(_word_count, texts)) + 3 * len(texts)
+            content = answer(last_user, " ".join(texts))
+            choice = (
+                f'{{"index": 0, "message": {{"role": "assistant", "content": {_quote(content)}}}, '
+                f'"finish_reason": "stop", "logprobs": null}}'
+            )
+            kind = "chat.completion"
+        elif endpoint == COMPLETIONS_ENDPOINT:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list):
+                prompt = " ".join(p for p in prompt if isinstance(p, str))
+            if not isinstance(prompt, str):
+                raise RequestFailure("'prompt' must be a string", "invalid_request_error")
+            self._maybe_fail(custom_id, prompt)
+            prompt_tokens = _word_count(prompt)
+            content = " " + answer(prompt)
+            choice = f'{{"index": 0, "text": {_quote(content)}, "finish_reason": "stop", "logprobs": null}}'
+            kind = "text_completion"
+        else:  # audio: the reply is a transcript; there is no prompt to echo
+            source = str(body.get("file", ""))
+            self._maybe_fail(custom_id, str(body.get("prompt", "")))
+            return f'{{"text": {_quote(answer(source))}}}'
+        completion_tokens = _word_count(content)
+        return (
+            f'{{"id": "{request_id}", "object": "{kind}", "created": {created}, '
+            f'"model": {_quote(model)}, "choices": [{choice}], '
+            f'"usage": {{"prompt_tokens": {prompt_tokens}, "completion_tokens": {completion_tokens}, '
+            f'"total_tokens": {prompt_tokens + completion_tokens}}}}}'
+        )
+
+    def _maybe_fail(self, custom_id: str, prompt: str) -> None:
+        if ERROR_MARKER in prompt:
+            raise RequestFailure(
+                "Emulated failure: the prompt asked for an error", "emulated_error"
+            )
+        if self._fail is not None and self._fail.search(custom_id):
+            raise RequestFailure(
+                "Emulated failure: custom_id matches fail_pattern", "emulated_error"
+            )
