@@ -115,6 +115,10 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
             self._conns.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that dies (a cut at stop(), a client gone) is routine: log, don't print."""
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
     def close_connections(self) -> None:
         """Shut down every accepted connection, so pooled keep-alive sockets fail too."""
         with self._conns_lock:
@@ -300,7 +304,12 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         self._query = parse_qs(url.query)
-        self._req_body = _Body(self.rfile, self.headers)
+        try:
+            self._req_body = _Body(self.rfile, self.headers)
+        except ValueError:
+            self.close_connection = True  # we cannot tell where this request ends
+            self.send_error(400, "Bad Content-Length")
+            return
         admin = path.startswith("/_emulator/")
         fault = None if admin else svc.faults.take(self.command, path)
         try:
