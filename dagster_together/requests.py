@@ -23,8 +23,12 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import posixpath
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
@@ -40,7 +44,11 @@ __all__ = [
     "RequestChunk",
     "RequestFileStats",
     "RequestTemplate",
+    "build_requests",
     "check_request_file",
+    "input_columns_table",
+    "write_input_columns",
+    "write_request_chunks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -656,3 +664,583 @@ def _isdir(fs: Any, path: str) -> bool:
         return bool(fs.isdir(path))
     except OSError:
         return False
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def _parent(location: str) -> str:
+    """The directory (or URL prefix) holding ``location``."""
+    if "://" in location:
+        return location.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(location))
+
+
+def _join(location: str, name: str) -> str:
+    """``location/name`` for a local directory or a URL, keeping the form the user gave."""
+    if "://" in location:
+        return location.rstrip("/") + "/" + name
+    return os.path.join(location, name)
+
+
+class _Staging:
+    """Files written to a local temporary place, then published all at once.
+
+    For a local destination the staging directory sits inside the destination (same filesystem),
+    so publishing is one ``os.replace`` per file. For object stores it is a local temporary
+    directory and publishing is one upload (a single PUT or multipart upload) per file: nothing
+    appears at the destination before every file is complete.
+    """
+
+    def __init__(self, destination: str, storage_options: Mapping[str, Any] | None) -> None:
+        self.destination = destination
+        self.fs, self.root = _filesystem(destination, storage_options)
+        self.local = _is_local(self.fs)
+        if self.local:
+            os.makedirs(self.root, exist_ok=True)
+            self.dir = tempfile.mkdtemp(prefix=".staging-", dir=self.root)
+        else:
+            self.dir = tempfile.mkdtemp(prefix="dagster-together-")
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def publish(self, names: list[str]) -> None:
+        done: list[str] = []
+        try:
+            for name in names:
+                target = self.root.rstrip("/") + "/" + name
+                if self.local:
+                    os.replace(self.path(name), os.path.join(self.root, name))
+                else:
+                    self.fs.put_file(self.path(name), target)
+                done.append(target)
+        except BaseException:
+            if not self.local:  # best effort: leave no half set behind
+                for target in done:
+                    try:
+                        self.fs.rm_file(target)
+                    except Exception:  # noqa: BLE001 - the original error matters more
+                        logger.warning("Could not remove %s after a failed upload", target)
+            raise
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a user's table
+# --------------------------------------------------------------------------------------------
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+
+
+class _Source:
+    """A user's table: Arrow-like (record batches) or a JSONL file (rows as dicts)."""
+
+    def __init__(self, source: Any, storage_options: Mapping[str, Any] | None) -> None:
+        self.name = "table"
+        self.arrow: Any = None  # a pyarrow Table, or a Parquet location
+        self.jsonl: str | None = None
+        self.storage_options = storage_options
+        if isinstance(source, (str, os.PathLike)):
+            location = str(os.fspath(source))
+            self.name = location
+            fs, path = _filesystem(location, storage_options)
+            if not fs.exists(path):
+                raise InvalidRequestFileError(f"{location}: does not exist; check the path.")
+            kind = _sniff(fs, path)
+            if kind == "jsonl":
+                self.jsonl = location
+            else:
+                self.arrow = (fs, path)
+            return
+        self.arrow = _to_arrow_table(source)
+
+    def column_names(self) -> list[str] | None:
+        """Column names, or None for JSONL (known only row by row)."""
+        if self.jsonl is not None:
+            return None
+        if isinstance(self.arrow, tuple):
+            import pyarrow.parquet as pq
+
+            fs, path = self.arrow
+            return list(pq.ParquetDataset(path, filesystem=fs).schema.names)
+        return list(self.arrow.column_names)
+
+    def rows(self, columns: list[str]) -> Iterator[tuple[Callable[[], str], dict[str, Any]]]:
+        """(label maker, row) pairs holding only ``columns``; the label names the row for errors."""
+        if self.jsonl is not None:
+            yield from self._jsonl_rows()
+            return
+
+        if isinstance(self.arrow, tuple):
+            batches = _parquet_batches(*self.arrow, columns)
+        else:
+            batches = iter(self.arrow.select(columns).to_batches(max_chunksize=10_000))
+        index = 0
+        for batch in batches:
+            struct_columns = {
+                name
+                for name, typ in zip(batch.schema.names, batch.schema.types, strict=True)
+                if _is_nested(typ)
+            }
+            for row in batch.to_pylist():
+                for name in struct_columns:
+                    # Arrow structs give every row every key; drop the nulls it made up.
+                    row[name] = _drop_nulls(row[name])
+                pos = index
+                yield (lambda pos=pos: f"{self.name}, row {pos} (0-based)"), row
+                index += 1
+
+    def _jsonl_rows(self) -> Iterator[tuple[Callable[[], str], dict[str, Any]]]:
+        import fsspec
+
+        assert self.jsonl is not None
+        with fsspec.open(
+            self.jsonl, "rb", compression="infer", **dict(self.storage_options or {})
+        ) as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue  # a user's table, not a batch file: blank lines are harmless here
+                where = f"{self.name}, line {line_no}"
+                try:
+                    row = _DECODER.decode(raw.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    raise InvalidRequestFileError(
+                        f"{where}: is not a valid JSON line ({exc}); fix the line."
+                    ) from None
+                if not isinstance(row, dict):
+                    raise InvalidRequestFileError(
+                        f"{where}: is a JSON {_json_type(row)}, not an object (a row)."
+                    )
+                yield (lambda where=where: where), row
+
+
+def _parquet_batches(fs: Any, path: str, columns: list[str]) -> Iterator[Any]:
+    """Record batches of a Parquet file, or of every Parquet file under a directory."""
+    import pyarrow.parquet as pq
+
+    if fs.isfile(path):
+        files = [path]
+    else:
+        files = sorted(p for p in fs.find(path) if p.endswith(_PARQUET_SUFFIXES))
+    for file in files:
+        with fs.open(file, "rb") as handle:
+            yield from pq.ParquetFile(handle).iter_batches(batch_size=10_000, columns=columns)
+
+
+def _sniff(fs: Any, path: str) -> str:
+    """ "parquet" or "jsonl", from the suffix, else from the first bytes."""
+    lower = path.lower()
+    if lower.endswith(_PARQUET_SUFFIXES) or fs.isdir(path):
+        return "parquet"
+    if lower.endswith(_JSONL_SUFFIXES):
+        return "jsonl"
+    with fs.open(path, "rb") as handle:
+        head = handle.read(4)
+    return "parquet" if head == b"PAR1" else "jsonl"
+
+
+def _to_arrow_table(source: Any) -> Any:
+    import pyarrow as pa
+
+    if isinstance(source, pa.Table):
+        return source
+    if isinstance(source, pa.RecordBatch):
+        return pa.Table.from_batches([source])
+    # pandas is detected by its module, so that pandas is never imported here.
+    if type(source).__module__.split(".")[0] == "pandas" and hasattr(source, "columns"):
+        return pa.Table.from_pandas(source, preserve_index=False)
+    if hasattr(source, "__arrow_c_stream__"):  # polars, DuckDB, ... (the Arrow PyCapsule protocol)
+        return pa.table(source)
+    raise TypeError(
+        f"Cannot read requests from a {type(source).__name__}: pass a pyarrow Table, a pandas "
+        "DataFrame, or the path/URL of a Parquet or JSONL file."
+    )
+
+
+def _is_nested(typ: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_struct(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ))
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _id_text(value: Any) -> str | None:
+    """The custom_id text of a key value: strings as they are, other scalars through ``str``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# build_requests
+# --------------------------------------------------------------------------------------------
+def build_requests(
+    source: Any,
+    *,
+    template: RequestTemplate | None = None,
+    id_column: str | None = None,
+    endpoint: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield batch requests ``{"custom_id": ..., "body": {...}}`` from a user's table, lazily.
+
+    Two shapes are understood:
+
+    * The table already has ``custom_id`` and ``body`` columns (``body`` a struct/dict or a JSON
+      string); other columns are ignored. A non-string ``custom_id`` (e.g. an int) becomes its
+      ``str``. Keys that Arrow filled with null in a struct ``body`` are dropped (store ``body`` as
+      a JSON string to keep explicit nulls).
+    * ``template`` (and ``id_column``) build them: ``custom_id = str(row[id_column])``, and the
+      body from the template and ``row[template.prompt_column]``. Without ``id_column`` an existing
+      ``custom_id`` column is used.
+
+    Args:
+        source: a pyarrow Table, a pandas DataFrame (or anything speaking the Arrow PyCapsule
+            stream protocol), or the path/URL of a Parquet file/directory or a JSONL file.
+        template: how to build bodies; None when the table holds ``custom_id`` and ``body``.
+        id_column: the key column giving ``custom_id`` (template mode).
+        endpoint: overrides ``template.endpoint`` (template mode).
+        storage_options: passed to fsspec for URLs.
+
+    Raises:
+        InvalidRequestFileError: a row without id or prompt, or with a body that is not valid JSON,
+            naming the row. The full batch rules (unique ids, lengths, models) are checked by
+            :func:`write_request_chunks`.
+    """
+    table = _Source(source, storage_options)
+    names = table.column_names()
+    if template is None:
+        if names is not None and not {"custom_id", "body"} <= set(names):
+            raise InvalidRequestFileError(
+                f"{table.name}: has no 'custom_id' and 'body' columns (columns: {names}); pass "
+                "template=RequestTemplate(model=..., prompt_column=...) and id_column=... to "
+                "build the requests from your own columns."
+            )
+        yield from _prebuilt(table)
+        return
+    if endpoint is not None and endpoint != template.endpoint:
+        template = replace(template, endpoint=endpoint)
+    if id_column is None:
+        if names is not None and "custom_id" not in names:
+            raise InvalidRequestFileError(
+                f"{table.name}: pass id_column= (the column that identifies a row; it becomes "
+                "custom_id) or add a 'custom_id' column."
+            )
+        id_column = "custom_id"
+    wanted = [id_column, template.prompt_column]
+    if names is not None:
+        absent = [c for c in dict.fromkeys(wanted) if c not in names]
+        if absent:
+            raise InvalidRequestFileError(
+                f"{table.name}: has no column {absent[0]!r} (columns: {names}); check id_column "
+                "and RequestTemplate.prompt_column."
+            )
+    for label, row in table.rows(list(dict.fromkeys(wanted))):
+        custom_id = _id_text(row.get(id_column))
+        if custom_id is None:
+            raise InvalidRequestFileError(
+                f"{label()}: the id column {id_column!r} is null; every row needs an id (it "
+                "becomes custom_id, on which the results are joined)."
+            )
+        prompt = row.get(template.prompt_column)
+        if not isinstance(prompt, str):
+            what = "null" if prompt is None else f"a {type(prompt).__name__}, not text"
+            raise InvalidRequestFileError(
+                f"{label()}: custom_id {custom_id!r} has a prompt column "
+                f"{template.prompt_column!r} that is {what}; fill or drop such rows first."
+            )
+        yield {"custom_id": custom_id, "body": template.build_body(prompt)}
+
+
+def _prebuilt(table: _Source) -> Iterator[dict[str, Any]]:
+    for label, row in table.rows(["custom_id", "body"]):
+        if "custom_id" not in row or "body" not in row:
+            raise InvalidRequestFileError(
+                f"{label()}: has no 'custom_id' and 'body'; every row needs both (or use a "
+                "RequestTemplate)."
+            )
+        custom_id = row["custom_id"]
+        if isinstance(custom_id, int) and not isinstance(custom_id, bool):
+            custom_id = str(custom_id)
+        body = row["body"]
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", errors="replace")
+        if isinstance(body, str):
+            try:
+                body = _DECODER.decode(body)
+            except ValueError as exc:
+                raise InvalidRequestFileError(
+                    f"{label()}: custom_id {custom_id!r} has a body string that is not valid "
+                    f"JSON ({exc}); store the body as a JSON object string or a struct."
+                ) from None
+        yield {"custom_id": custom_id, "body": body}
+
+
+# --------------------------------------------------------------------------------------------
+# write_request_chunks
+# --------------------------------------------------------------------------------------------
+def write_request_chunks(
+    requests: Iterable[Mapping[str, Any]],
+    destination: str | os.PathLike[str],
+    *,
+    max_requests: int = MAX_REQUESTS_PER_BATCH,
+    max_bytes: int = MAX_BATCH_BYTES,
+    storage_options: Mapping[str, Any] | None = None,
+    prefix: str = "requests",
+    endpoint: str | None = None,
+    require_single_model: bool = False,
+) -> list[RequestChunk]:
+    """Validate requests and write them as batch input files of at most the API's limits.
+
+    Files are named ``{destination}/{prefix}-00000.jsonl``, ``-00001`` ... Each holds at most
+    ``max_requests`` lines and ``max_bytes`` bytes (UTF-8, newline included). Every request is
+    checked as it goes, with the rules of :func:`check_request_file`: ids unique across *all*
+    files, at most 64 characters, a model in every body, a JSON-serialisable body, one endpoint.
+
+    Nothing is published until every request passed: files are staged (inside the destination
+    directory for local paths, in a local temporary directory for object stores) and published
+    at the end. Files ``{prefix}-NNNNN.jsonl`` left from an earlier, longer run are removed, so the
+    destination always holds exactly the returned set.
+
+    Args:
+        requests: request mappings (e.g. from :func:`build_requests`); an optional ``"url"`` key is
+            checked and kept.
+        destination: a local directory or an fsspec URL (a "directory" prefix).
+        max_requests: lines per file, at most the API's 50,000.
+        max_bytes: bytes per file, at most the API's 100 MB.
+        storage_options: passed to fsspec for URLs.
+        prefix: file name prefix.
+        endpoint: the batch endpoint, when known; ``"url"`` keys must match it.
+        require_single_model: refuse requests naming different models.
+
+    Returns:
+        One RequestChunk per file, in order; empty when ``requests`` is empty.
+
+    Raises:
+        InvalidRequestFileError: the first bad request, named by its position and custom_id.
+        ValueError: limits over the API's or below one request.
+    """
+    if not 1 <= max_requests <= MAX_REQUESTS_PER_BATCH:
+        raise ValueError(
+            f"max_requests={max_requests} must be between 1 and the API's limit of "
+            f"{MAX_REQUESTS_PER_BATCH:,}."
+        )
+    if not 1 <= max_bytes <= MAX_BATCH_BYTES:
+        raise ValueError(
+            f"max_bytes={max_bytes} must be between 1 and the API's limit of {MAX_BATCH_BYTES:,}."
+        )
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", prefix):
+        raise ValueError(f"prefix={prefix!r} may only hold letters, digits, '.', '_' and '-'.")
+    destination = str(os.fspath(destination))
+    _check_endpoint(endpoint, "write_request_chunks")
+    rules = _Rules(
+        endpoint=endpoint,
+        require_single_model=require_single_model,
+        label="request #{}".format,
+        ref="request #{}".format,
+    )
+    staging = _Staging(destination, storage_options)
+    try:
+        writer = _ChunkWriter(staging, prefix, max_requests, max_bytes)
+        for pos, request in enumerate(requests, start=1):
+            if not isinstance(request, Mapping):
+                raise InvalidRequestFileError(
+                    f"request #{pos}: is a {type(request).__name__}, not a mapping like "
+                    f"{_EXAMPLE_LINE}."
+                )
+            custom_id, model, _ = rules.check_object(
+                request if isinstance(request, dict) else dict(request), pos
+            )
+            try:
+                text = json.dumps(
+                    request, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+                )
+            except (TypeError, ValueError) as exc:
+                raise InvalidRequestFileError(
+                    f"request #{pos}: custom_id {custom_id!r} has a body that is not "
+                    f"JSON-serialisable ({exc}); convert such values (dates, decimals, NaN, "
+                    "numpy numbers) to plain strings or numbers first."
+                ) from None
+            data = text.encode("utf-8") + b"\n"
+            if len(data) > max_bytes:
+                raise InvalidRequestFileError(
+                    f"request #{pos}: custom_id {custom_id!r} is {len(data):,} bytes as JSON, over "
+                    f"max_bytes={max_bytes:,}; shorten the request."
+                )
+            writer.add(data, custom_id, model)
+        chunks = writer.finish()
+        names = [posixpath.basename(c.path) for c in chunks]
+        staging.publish(names)
+        _remove_stale(staging, prefix, len(chunks))
+    finally:
+        staging.close()
+    result = [replace(c, path=_join(destination, posixpath.basename(c.path))) for c in chunks]
+    logger.info(
+        "Wrote %s requests in %s file(s) to %s",
+        sum(c.n_requests for c in result),
+        len(result),
+        destination,
+    )
+    return result
+
+
+class _ChunkWriter:
+    def __init__(self, staging: _Staging, prefix: str, max_requests: int, max_bytes: int) -> None:
+        self.staging = staging
+        self.prefix = prefix
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.chunks: list[RequestChunk] = []
+        self.handle: Any = None
+
+    def _open(self) -> None:
+        self.name = f"{self.prefix}-{len(self.chunks):05d}.jsonl"
+        self.handle = open(self.staging.path(self.name), "wb")  # noqa: SIM115 - closed in _close
+        self.digest = hashlib.sha256()
+        self.n = self.size = 0
+        self.first = self.last = ""
+        self.models: dict[str, None] = {}
+
+    def _close(self) -> None:
+        self.handle.close()
+        self.handle = None
+        self.chunks.append(
+            RequestChunk(
+                path=self.name,
+                n_requests=self.n,
+                n_bytes=self.size,
+                sha256=self.digest.hexdigest(),
+                first_custom_id=self.first,
+                last_custom_id=self.last,
+                models=tuple(self.models),
+            )
+        )
+
+    def add(self, data: bytes, custom_id: str, model: str) -> None:
+        if self.handle is not None and (
+            self.n >= self.max_requests or self.size + len(data) > self.max_bytes
+        ):
+            self._close()
+        if self.handle is None:
+            self._open()
+            self.first = custom_id
+        self.handle.write(data)
+        self.digest.update(data)
+        self.n += 1
+        self.size += len(data)
+        self.last = custom_id
+        self.models.setdefault(model)
+
+    def finish(self) -> list[RequestChunk]:
+        if self.handle is not None:
+            self._close()
+        return self.chunks
+
+
+def _remove_stale(staging: _Staging, prefix: str, keep: int) -> None:
+    """Remove ``{prefix}-NNNNN.jsonl`` files numbered ``keep`` and above (an older, longer set)."""
+    pattern = re.compile(rf"{re.escape(prefix)}-(\d{{5}})\.jsonl")
+    fs, root = staging.fs, staging.root.rstrip("/")
+    try:
+        listing = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return
+    for entry in listing:
+        match = pattern.fullmatch(posixpath.basename(str(entry).rstrip("/")))
+        if match and int(match.group(1)) >= keep:
+            logger.info("Removing %s, left from an earlier, longer set of chunks", entry)
+            fs.rm_file(entry)
+
+
+# --------------------------------------------------------------------------------------------
+# The user's own columns, keyed by custom_id (for join_results)
+# --------------------------------------------------------------------------------------------
+def input_columns_table(
+    source: Any,
+    *,
+    id_column: str | None = None,
+    columns: Iterable[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """The user's columns keyed by ``custom_id``, as :func:`build_requests` names the rows.
+
+    ``custom_id`` comes first: ``str(row[id_column])`` exactly as :func:`build_requests` makes it,
+    or the table's own ``custom_id`` column. The ``body`` column, if any, is left out. Give the
+    result (or a Parquet file of it, see :func:`write_input_columns`) to ``join_results`` as
+    ``input_columns`` to get these columns beside each result.
+
+    Args:
+        source: the same source given to :func:`build_requests`.
+        id_column: the key column (template mode); None to use an existing ``custom_id``.
+        columns: the columns to keep (default: all but ``body``).
+        storage_options: passed to fsspec for URLs.
+    """
+    import pyarrow as pa
+
+    table_source = _Source(source, storage_options)
+    if table_source.jsonl is not None:
+        rows = [row for _, row in table_source.rows([])]
+        table = pa.Table.from_pylist(rows)
+    elif isinstance(table_source.arrow, tuple):
+        import pyarrow.parquet as pq
+
+        fs, path = table_source.arrow
+        table = pq.read_table(path, filesystem=fs)
+    else:
+        table = table_source.arrow
+    key = id_column or "custom_id"
+    if key not in table.column_names:
+        raise InvalidRequestFileError(
+            f"{table_source.name}: has no column {key!r} (columns: {table.column_names})."
+        )
+    keep = list(columns) if columns is not None else [c for c in table.column_names if c != "body"]
+    missing = [c for c in keep if c not in table.column_names]
+    if missing:
+        raise InvalidRequestFileError(f"{table_source.name}: has no column {missing[0]!r}.")
+    ids = pa.array([_id_text(v) for v in table.column(key).to_pylist()], pa.string())
+    if ids.null_count:
+        raise InvalidRequestFileError(
+            f"{table_source.name}: the id column {key!r} has {ids.null_count} null value(s); "
+            "every row needs an id."
+        )
+    keep = [c for c in keep if c != "custom_id"]
+    return pa.Table.from_arrays([ids, *(table.column(c) for c in keep)], names=["custom_id", *keep])
+
+
+def write_input_columns(
+    source: Any,
+    destination: str | os.PathLike[str],
+    *,
+    id_column: str | None = None,
+    columns: Iterable[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Write :func:`input_columns_table` as one Parquet file (published atomically); return it."""
+    import pyarrow.parquet as pq
+
+    table = input_columns_table(
+        source, id_column=id_column, columns=columns, storage_options=storage_options
+    )
+    location = str(os.fspath(destination))
+    staging = _Staging(_parent(location), storage_options)
+    try:
+        name = posixpath.basename(location.rstrip("/"))
+        pq.write_table(table, staging.path(name))
+        staging.publish([name])
+    finally:
+        staging.close()
+    return location

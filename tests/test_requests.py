@@ -250,3 +250,304 @@ def test_valid_blocks_take_the_vectorised_path(
     path = tmp_path / "requests.jsonl"
     path.write_bytes(jsonl(*(line(f"r{i}", url="/v1/chat/completions") for i in range(1000))))
     assert check_request_file(path).n_lines == 1000
+
+
+# ------------------------------------------------------------------------------------------
+# build_requests
+# ------------------------------------------------------------------------------------------
+def _reviews() -> Any:
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "review_id": [101, 102, 103],
+            "text": ["Great kettle", "Broke in a week", "Fine, I guess"],
+            "stars": [5, 1, 3],
+        }
+    )
+
+
+TEMPLATE = rq.RequestTemplate(
+    model=MODEL,
+    prompt_column="text",
+    system_prompt="Classify the sentiment.",
+    body={"max_tokens": 20, "temperature": 0.0},
+)
+EXPECTED_CHAT = [
+    {
+        "custom_id": str(i),
+        "body": {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": "Classify the sentiment."},
+                {"role": "user", "content": text},
+            ],
+            "max_tokens": 20,
+            "temperature": 0.0,
+        },
+    }
+    for i, text in [(101, "Great kettle"), (102, "Broke in a week"), (103, "Fine, I guess")]
+]
+
+
+def _write_source(kind: str, table: Any, tmp_path: Path, rows: Any = None) -> Any:
+    """The same table as each kind of source build_requests accepts."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    if kind == "arrow":
+        return table
+    if kind == "pandas":
+        return table.to_pandas()
+    if kind == "parquet":
+        pq.write_table(table, tmp_path / "reviews.parquet")
+        return tmp_path / "reviews.parquet"
+    lines = "".join(json.dumps(row) + "\n" for row in rows or table.to_pylist())
+    if kind == "jsonl":
+        (tmp_path / "reviews.jsonl").write_text(lines)
+        return str(tmp_path / "reviews.jsonl")
+    url = f"memory://build-{tmp_path.name}/reviews.jsonl"
+    with fsspec.open(url, "w") as f:
+        f.write(lines)
+    return url
+
+
+@pytest.mark.parametrize("kind", ["arrow", "pandas", "parquet", "jsonl", "memory-url"])
+def test_build_from_template(tmp_path: Path, kind: str) -> None:
+    source = _write_source(kind, _reviews(), tmp_path)
+    built = list(rq.build_requests(source, template=TEMPLATE, id_column="review_id"))
+    assert built == EXPECTED_CHAT
+
+
+def test_build_completions_template() -> None:
+    template = rq.RequestTemplate(
+        model="m", prompt_column="text", endpoint="/v1/completions", body={"max_tokens": 5}
+    )
+    built = list(rq.build_requests(_reviews(), template=template, id_column="review_id"))
+    assert built[1] == {
+        "custom_id": "102",
+        "body": {"model": "m", "prompt": "Broke in a week", "max_tokens": 5},
+    }
+    # endpoint= overrides the template's
+    chat = list(
+        rq.build_requests(
+            _reviews(),
+            template=rq.RequestTemplate(model="m", prompt_column="text"),
+            id_column="review_id",
+            endpoint="/v1/completions",
+        )
+    )
+    assert chat[0]["body"] == {"model": "m", "prompt": "Great kettle"}
+
+
+@pytest.mark.parametrize("kind", ["arrow", "pandas", "parquet", "jsonl", "memory-url"])
+def test_build_from_prebuilt_columns(tmp_path: Path, kind: str) -> None:
+    import pyarrow as pa
+
+    bodies = [r["body"] for r in EXPECTED_CHAT]
+    bodies[2] = dict(bodies[2], response_format={"type": "json_object"})  # only one row has it
+    rows = [{"custom_id": c, "body": b, "extra": 1} for c, b in zip("abc", bodies, strict=True)]
+    built = list(rq.build_requests(_write_source(kind, pa.Table.from_pylist(rows), tmp_path, rows)))
+    # Struct bodies: the nulls Arrow adds for keys other rows have are dropped again.
+    assert built == [{"custom_id": c, "body": b} for c, b in zip("abc", bodies, strict=True)]
+
+
+def test_build_with_body_as_json_string_and_int_ids() -> None:
+    import pyarrow as pa
+
+    body = {"model": "m", "messages": [], "stop": None}
+    table = pa.table({"custom_id": [1, 2], "body": [json.dumps(body), json.dumps(body)]})
+    assert list(rq.build_requests(table)) == [
+        {"custom_id": "1", "body": body},  # explicit null kept: the body was JSON text
+        {"custom_id": "2", "body": body},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "kwargs", "fragment"),
+    [
+        ({"x": [1]}, {}, "has no 'custom_id' and 'body' columns"),
+        ({"id": [1], "text": ["t"]}, {"template": TEMPLATE}, "pass id_column="),
+        ({"id": [1], "txt": ["t"]}, {"template": TEMPLATE, "id_column": "id"}, "no column 'text'"),
+        ({"id": [1, None], "text": ["t", "u"]}, {"template": TEMPLATE, "id_column": "id"}, "row 1"),
+        ({"id": [1, 2], "text": ["t", None]}, {"template": TEMPLATE, "id_column": "id"}, "null"),
+        ({"custom_id": ["a"], "body": ["{not json"]}, {}, "not valid JSON"),
+    ],
+)
+def test_build_errors_name_the_row(table: dict[str, list[Any]], kwargs: Any, fragment: str) -> None:
+    import pyarrow as pa
+
+    with pytest.raises(InvalidRequestFileError, match=fragment):
+        list(rq.build_requests(pa.table(table), **kwargs))
+
+
+def test_template_rules() -> None:
+    with pytest.raises(ValueError, match="may not set"):
+        rq.RequestTemplate(model="m", prompt_column="p", body={"messages": []})
+    with pytest.raises(ValueError, match="not supported"):
+        rq.RequestTemplate(model="m", prompt_column="p", endpoint="/v1/audio/translations")
+    with pytest.raises(TypeError, match="pyarrow Table"):
+        list(rq.build_requests(object()))
+
+
+# ------------------------------------------------------------------------------------------
+# write_request_chunks
+# ------------------------------------------------------------------------------------------
+def _requests(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {
+            "custom_id": f"req-{i:05d}",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": "é" * (i % 7)}]},
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def _read_chunks(
+    chunks: list[rq.RequestChunk], storage_options: Any = None
+) -> list[dict[str, Any]]:
+    import fsspec
+
+    rows = []
+    for chunk in chunks:
+        with fsspec.open(chunk.path, "rb", **(storage_options or {})) as f:
+            data = f.read()
+        assert len(data) == chunk.n_bytes
+        assert hashlib.sha256(data).hexdigest() == chunk.sha256
+        lines = [json.loads(x) for x in data.decode().splitlines()]
+        assert len(lines) == chunk.n_requests
+        assert (lines[0]["custom_id"], lines[-1]["custom_id"]) == (
+            chunk.first_custom_id,
+            chunk.last_custom_id,
+        )
+        rows.extend(lines)
+    return rows
+
+
+def test_chunks_by_count(tmp_path: Path) -> None:
+    reqs = _requests(25)
+    chunks = rq.write_request_chunks(reqs, tmp_path / "out", max_requests=10)
+    assert [c.n_requests for c in chunks] == [10, 10, 5]
+    assert [Path(c.path).name for c in chunks] == [
+        "requests-00000.jsonl",
+        "requests-00001.jsonl",
+        "requests-00002.jsonl",
+    ]
+    assert _read_chunks(chunks) == reqs
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        Path(c.path).name for c in chunks
+    ]
+    for chunk in chunks:  # every chunk is itself a valid batch input
+        assert check_request_file(chunk.path).sha256 == chunk.sha256
+
+
+def test_chunks_by_bytes(tmp_path: Path) -> None:
+    reqs = _requests(40)
+    sizes = [
+        len((json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+        for r in reqs
+    ]
+    limit = max(sizes) * 3 + 1
+    chunks = rq.write_request_chunks(reqs, tmp_path, max_bytes=limit, prefix="batch")
+    assert all(c.n_bytes <= limit for c in chunks)
+    assert len(chunks) > 40 // 4
+    assert sum(c.n_bytes for c in chunks) == sum(sizes)
+    # Greedy: each chunk is full, the next line would not have fitted.
+    offsets = 0
+    for chunk in chunks[:-1]:
+        offsets += chunk.n_requests
+        assert chunk.n_bytes + sizes[offsets] > limit
+    assert _read_chunks(chunks) == reqs
+
+
+def test_ids_unique_across_chunks_and_nothing_written_on_failure(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    reqs = _requests(25) + [_requests(1, start=3)[0]]  # request #26 repeats req-00003 (chunk 0)
+    with pytest.raises(
+        InvalidRequestFileError, match=r"request #26: custom_id 'req-00003' repeats request #4"
+    ):
+        rq.write_request_chunks(reqs, dest, max_requests=10)
+    assert list(dest.iterdir()) == []  # no chunk, no staging directory
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        ({"custom_id": "x" * 65, "body": {"model": "m"}}, "65 characters"),
+        ({"custom_id": "ok", "body": {"messages": []}}, "no model"),
+        ({"custom_id": "ok", "body": {"model": "m", "when": object()}}, "not JSON-serialisable"),
+        ({"custom_id": "ok", "body": {"model": "m", "t": float("nan")}}, "not JSON-serialisable"),
+        ({"custom_id": "ok", "body": {"model": "m"}, "url": "/v1/completions"}, "one endpoint"),
+        ({"body": {"model": "m"}}, "no custom_id"),
+        ("not a mapping", "not a mapping"),
+    ],
+)
+def test_write_refuses_bad_request(tmp_path: Path, bad: Any, fragment: str) -> None:
+    reqs = [*_requests(5), bad]
+    with pytest.raises(InvalidRequestFileError, match=fragment) as caught:
+        rq.write_request_chunks(reqs, tmp_path, max_requests=2, endpoint="/v1/chat/completions")
+    assert "request #6" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_checks_limits_and_single_request_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="API's limit"):
+        rq.write_request_chunks([], tmp_path, max_requests=50_001)
+    with pytest.raises(InvalidRequestFileError, match="over max_bytes=50"):
+        rq.write_request_chunks(_requests(1), tmp_path, max_bytes=50)
+    assert rq.write_request_chunks([], tmp_path) == []
+
+
+def test_rewrite_removes_stale_chunks(tmp_path: Path) -> None:
+    rq.write_request_chunks(_requests(30), tmp_path, max_requests=10)
+    (tmp_path / "notes.txt").write_text("keep me")
+    chunks = rq.write_request_chunks(_requests(12), tmp_path, max_requests=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt",
+        "requests-00000.jsonl",
+        "requests-00001.jsonl",
+    ]
+    assert [c.n_requests for c in chunks] == [10, 2]
+
+
+def test_write_to_object_stores(tmp_path: Path, s3_bucket: str, s3_server: Any) -> None:
+    import fsspec
+
+    reqs = _requests(15)
+    mem = rq.write_request_chunks(reqs, "memory://chunks/run-1", max_requests=7)
+    assert [c.path for c in mem] == [
+        f"memory://chunks/run-1/requests-0000{i}.jsonl" for i in range(3)
+    ]
+    assert _read_chunks(mem) == reqs
+
+    opts = s3_server.storage_options
+    dest = f"{s3_bucket}/requests/run-1"
+    with pytest.raises(InvalidRequestFileError):
+        rq.write_request_chunks([*reqs, reqs[0]], dest, max_requests=7, storage_options=opts)
+    assert fsspec.filesystem("s3", **opts).find(s3_bucket) == []  # nothing uploaded
+    chunks = rq.write_request_chunks(reqs, dest, max_requests=7, storage_options=opts)
+    assert _read_chunks(chunks, opts) == reqs
+    assert check_request_file(chunks[0].path, storage_options=opts).n_lines == 7
+
+
+def test_build_then_write_end_to_end(tmp_path: Path) -> None:
+    reqs = rq.build_requests(_reviews().to_pandas(), template=TEMPLATE, id_column="review_id")
+    chunks = rq.write_request_chunks(reqs, tmp_path, endpoint="/v1/chat/completions")
+    assert len(chunks) == 1 and chunks[0].models == (MODEL,)
+    assert _read_chunks(chunks) == EXPECTED_CHAT
+
+
+def test_input_columns(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    table = rq.input_columns_table(_reviews().to_pandas(), id_column="review_id")
+    assert table.column_names == ["custom_id", "review_id", "text", "stars"]
+    assert table.column("custom_id").to_pylist() == ["101", "102", "103"]
+    path = rq.write_input_columns(
+        _write_source("jsonl", _reviews(), tmp_path),
+        tmp_path / "cols" / "inputs.parquet",
+        id_column="review_id",
+        columns=["stars"],
+    )
+    assert pq.read_table(path).to_pylist()[0] == {"custom_id": "101", "stars": 5}
+    assert sorted(p.name for p in (tmp_path / "cols").iterdir()) == ["inputs.parquet"]
