@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
@@ -27,8 +28,8 @@ __all__ = ["CHUNK_SIZE", "REMOTE_BLOCK_SIZE", "LogSink", "normalize_key", "retri
 
 _log = logging.getLogger("dagster_together.client")
 
-#: Read size from the socket and write size to the destination: large for throughput, and the
-#: only buffer a local download holds, so memory stays flat whatever the file size.
+#: Write size to the destination: large for throughput, and the only buffer a download holds,
+#: so memory stays flat whatever the file size.
 CHUNK_SIZE = 8 * 1024 * 1024
 #: Part size for object stores (s3fs buffers one block, then uploads it as one multipart part).
 #: 32 MiB keeps parts few and large; peak memory is about block + chunk plus one copy (< 100 MB).
@@ -217,10 +218,6 @@ def _int_header(headers: httpx.Headers, name: str) -> int | None:
     return value if value >= 0 else None
 
 
-class _Restart(Exception):
-    """The server's answer cannot continue what we have: start again from byte 0."""
-
-
 def retrieve_content(
     transport: Transport,
     file_id: str,
@@ -246,7 +243,7 @@ def retrieve_content(
         ``FileObject(object="local", id, filename=<where it was written>, size=<bytes>)``.
         ``filename`` is the absolute path for local files, the URL as given otherwise.
 
-    The body is streamed in 8 MiB chunks. A dropped connection is resumed with
+    The body is streamed and written in 8 MiB pieces. A dropped connection is resumed with
     ``Range: bytes=N-`` (a ``200`` instead of ``206`` restarts cleanly from zero), with backoff,
     up to the client's ``max_retries``. The byte count is checked against ``Content-Length``.
     The result is published atomically: a temporary file renamed into place locally, a
@@ -259,98 +256,150 @@ def retrieve_content(
             failed before any byte arrived.
     """
     path = f"/files/{quote_id(file_id)}/content"
-    described = transport.describe("GET", path)
-    target = _resolve_target(file_id, output, storage_options)
+    target = _resolve_target(file_id, output, storage_options)  # bad output: fail before sending
     report = Progress(f"Downloading {file_id}", bar=progress, log=logger)
-    written = 0
-    failures = 0
-    started = False
-    validator: str | None = None  # ETag for If-Range: a changed file must not be spliced
     sink = target.open()
     try:
-        while True:
-            headers = {"Accept-Encoding": "identity"}  # byte offsets must mean file offsets
-            if written:
-                headers["Range"] = f"bytes={written}-"
-                if validator:
-                    headers["If-Range"] = validator
-            try:
-                response = transport.request(
-                    "GET", path, headers=headers, stream=True, follow_redirects=True
-                )
-            except TogetherError as exc:
-                if not written:
-                    raise
-                raise DownloadError(
-                    f"Download of {file_id} to {target.location} failed after {written} bytes: "
-                    f"{exc}. Nothing was written at the destination."
-                ) from exc
-            total: int | None = None
-            resumable = True
-            try:
-                try:
-                    total, resumable, continuing = _begin(response, written, file_id)
-                    if written and not continuing:
-                        # A full body (200) although we asked for a range: start over cleanly.
-                        sink.restart()
-                        report.restart()
-                        written = 0
-                    if not started:
-                        report.start(total)
-                        started = True
-                    validator = response.headers.get("etag") or validator
-                    chunks = (
-                        response.iter_raw(CHUNK_SIZE)
-                        if resumable
-                        else response.iter_bytes(CHUNK_SIZE)
-                    )
-                    for chunk in chunks:
-                        sink.write(chunk)
-                        written += len(chunk)
-                        report.update(len(chunk))
-                    if not resumable:
-                        # Decoded body: compare what came over the wire with Content-Length.
-                        length = _int_header(response.headers, "content-length")
-                        if length is not None and response.num_bytes_downloaded != length:
-                            raise httpx.RemoteProtocolError("short encoded body")
-                finally:
-                    response.close()
-                if total is not None and resumable and written < total:
-                    # A server that closes early without HTTP noticing (no framing error).
-                    raise httpx.RemoteProtocolError(f"body ended at {written} of {total} bytes")
-            except (httpx.TransportError, _Restart) as exc:
-                failures += 1
-                if isinstance(exc, _Restart) or not resumable:
-                    sink.restart()
-                    report.restart()
-                    written = 0
-                if failures > transport.max_retries:
-                    raise DownloadError(
-                        f"Download of {file_id} to {target.location} stopped after {written} of "
-                        f"{total if total is not None else 'unknown'} bytes and did not recover "
-                        f"within {transport.max_retries} retries ({type(exc).__name__}: {exc}). "
-                        "Nothing was written at the destination; try again later."
-                    ) from exc
-                transport.wait_before_retry(
-                    failures,
-                    described,
-                    f"connection lost after {written} bytes ({type(exc).__name__}); resuming",
-                )
-                continue
-            if total is not None and written != total:
-                raise DownloadError(
-                    f"Download of {file_id}: received {written} bytes but the server announced "
-                    f"{total}. Nothing was written at the destination; try again."
-                )
-            break
+        download = _Download(transport, path, file_id, sink, report)
+        download.run()
         sink.commit()
     except BaseException:
         sink.abort()
         report.close()
         raise
     report.finish(sink.location)
-    _log.info("Downloaded %s: %d bytes to %s", file_id, written, sink.location)
-    return FileObject(id=file_id, filename=sink.location, size=written)
+    _log.info("Downloaded %s: %d bytes to %s", file_id, download.written, sink.location)
+    return FileObject(id=file_id, filename=sink.location, size=download.written)
+
+
+class _Restart(Exception):
+    """The server's answer cannot continue what we have: start again from byte 0."""
+
+
+class _Download:
+    """The request/resume loop of one download; ``written`` bytes are in the sink."""
+
+    def __init__(
+        self, transport: Transport, path: str, file_id: str, sink: _Sink, report: Progress
+    ) -> None:
+        self._transport = transport
+        self._path = path
+        self._file_id = file_id
+        self._sink = sink
+        self._report = report
+        self._described = transport.describe("GET", path)
+        self._validator: str | None = None  # ETag for If-Range: a changed file is not spliced
+        self._started = False
+        self.written = 0
+        self.total: int | None = None
+
+    def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self._attempt():
+                    return
+            except (httpx.TransportError, _Restart) as exc:
+                failures += 1
+                if isinstance(exc, _Restart):
+                    self._restart()
+                if failures > self._transport.max_retries:
+                    total = self.total if self.total is not None else "unknown"
+                    raise DownloadError(
+                        f"Download of {self._file_id} to {self._sink.location} stopped after "
+                        f"{self.written} of {total} bytes and did not recover within "
+                        f"{self._transport.max_retries} retries ({type(exc).__name__}: {exc}). "
+                        "Nothing was written at the destination; try again later."
+                    ) from exc
+                self._transport.wait_before_retry(
+                    failures,
+                    self._described,
+                    f"connection lost after {self.written} bytes ({type(exc).__name__}); resuming",
+                )
+
+    def _restart(self) -> None:
+        self._sink.restart()
+        self._report.restart()
+        self.written = 0
+
+    def _attempt(self) -> bool:
+        """One GET from ``written`` on; True when the whole file is in the sink."""
+        headers = {"Accept-Encoding": "identity"}  # byte offsets must be file offsets
+        if self.written:
+            headers["Range"] = f"bytes={self.written}-"
+            if self._validator:
+                headers["If-Range"] = self._validator
+        try:
+            response = self._transport.request(
+                "GET", self._path, headers=headers, stream=True, follow_redirects=True
+            )
+        except TogetherError as exc:
+            if not self.written:
+                raise
+            raise DownloadError(
+                f"Download of {self._file_id} to {self._sink.location} failed after "
+                f"{self.written} bytes: {exc} Nothing was written at the destination."
+            ) from exc
+        try:
+            total, resumable, continuing = _begin(response, self.written, self._file_id)
+            if self.written and not continuing:
+                self._restart()  # a full body (200) although we asked for a range
+            self.total = total
+            if not self._started:
+                self._report.start(total)
+                self._started = True
+            self._validator = response.headers.get("etag") or self._validator
+            # A transport may hand over a body it already read (httpx.MockTransport does);
+            # then only the decoded bytes are left to iterate.
+            preread = response.is_stream_consumed
+            try:
+                self._pump(
+                    response.iter_raw() if resumable and not preread else response.iter_bytes()
+                )
+            except httpx.TransportError:
+                if not resumable:
+                    self._restart()  # decoded offsets are not file offsets: cannot resume
+                raise
+            if not resumable and not preread:
+                length = _int_header(response.headers, "content-length")
+                if length is not None and response.num_bytes_downloaded != length:
+                    self._restart()
+                    raise httpx.RemoteProtocolError("compressed body shorter than announced")
+        finally:
+            response.close()
+        if total is not None and self.written < total:
+            # A server that closed early without the HTTP framing noticing.
+            raise httpx.RemoteProtocolError(f"body ended at {self.written} of {total} bytes")
+        if total is not None and self.written > total:
+            raise DownloadError(
+                f"Download of {self._file_id}: received {self.written} bytes but the server "
+                f"announced {total}. Nothing was written at the destination; try again."
+            )
+        return True
+
+    def _pump(self, pieces: Iterator[bytes]) -> None:
+        """Copy the body to the sink in CHUNK_SIZE writes.
+
+        Our own buffer rather than ``iter_raw(chunk_size)``: httpx drops a partly filled chunk
+        when the connection breaks, so on a link that breaks every few MB a download would
+        never advance. Bytes that did arrive are good (TCP keeps order; only the end is
+        missing), so they are written before the error goes up and the resume starts after them.
+        """
+        buffer = bytearray()
+        try:
+            for piece in pieces:
+                buffer += piece
+                if len(buffer) >= CHUNK_SIZE:
+                    self._write(buffer)
+        finally:
+            if buffer:
+                self._write(buffer)
+
+    def _write(self, buffer: bytearray) -> None:
+        self._sink.write(buffer)
+        self.written += len(buffer)
+        self._report.update(len(buffer))
+        buffer.clear()
 
 
 def _begin(response: httpx.Response, written: int, file_id: str) -> tuple[int | None, bool, bool]:
