@@ -12,8 +12,9 @@ from dagster_together.client.types import BatchJob, BatchStatus
 
 logger = logging.getLogger("dagster_together.client")
 
-#: How far a server's clock may lag ours when we look for a batch our lost request created.
-CLOCK_SKEW = timedelta(minutes=5)
+#: How far the server's clock may lag ours when we look for a batch our lost request created.
+#: Small on purpose: a batch on the same file created earlier than this is someone else's.
+CLOCK_SKEW = timedelta(seconds=60)
 
 
 def _jobs(data: Any) -> list[dict[str, Any]]:
@@ -45,8 +46,8 @@ class Batches:
         A create is billed, so it is never retried blindly. It is retried only when the request
         provably created nothing (429, connection refused). After an ambiguous failure (5xx,
         timeout, connection dropped after sending) the existing batches are listed first: a
-        batch on the same input file and endpoint, created since this call began and not
-        FAILED, is taken as ours and returned; only if there is none is the request sent again.
+        batch on the same input file and endpoint, created since this call began (less 60 s
+        for clock skew) and not FAILED, is taken as ours and returned; only if there is none is the request sent again.
 
         Accepts the ``{"job": {...}, "warning": ...}`` answer (a warning is logged) and a bare job.
         """
