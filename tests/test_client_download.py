@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import os
 import random
 import tracemalloc
@@ -470,3 +471,31 @@ def test_large_download_keeps_memory_flat(
         tracemalloc.stop()
     assert result.size == 100 * MiB
     assert peak < 40 * MiB, f"peak {peak / 1e6:.1f} MB for a 100 MiB download"
+
+
+def test_progress_bar_on_a_terminal_unless_disabled(
+    client: TogetherClient,
+    emulator: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import dagster_together.client.progress as progress
+
+    monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: True)
+    file_id = emulator.add_file(_payload(MiB))
+    client.files.retrieve_content(file_id, output=tmp_path / "a")
+    assert f"Downloading {file_id}" in capsys.readouterr().err  # tqdm drew a bar
+    client.files.retrieve_content(file_id, output=tmp_path / "b", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_log_lines_without_content_length(
+    client: TogetherClient, emulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file_id = emulator.add_file(_payload(MiB))
+    emulator.add_fault(path=r"/content$", kind="no_content_length")
+    caplog.set_level(logging.INFO, logger="run")
+    client.files.retrieve_content(file_id, output=tmp_path / "o", logger=logging.getLogger("run"))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "run"]
+    assert line.startswith(f"Downloading {file_id}: done, 1.0 MB written to {tmp_path / 'o'}")

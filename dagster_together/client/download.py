@@ -48,7 +48,7 @@ def normalize_key(key: str) -> str:
 class _Sink(Protocol):
     location: str
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | bytearray) -> None: ...
 
     def restart(self) -> None: ...
 
@@ -71,7 +71,7 @@ class _LocalSink:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         self._file: BinaryIO = os.fdopen(os.open(self._tmp, flags, 0o666), "wb")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self._file.write(data)
 
     def restart(self) -> None:
@@ -111,7 +111,7 @@ class _FsspecSink:
     def _open(self) -> Any:
         return self._fs.open(self._path, "wb", block_size=REMOTE_BLOCK_SIZE)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self._file.write(data)
 
     def restart(self) -> None:

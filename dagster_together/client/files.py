@@ -181,8 +181,9 @@ class Files:
         """The ``file_id`` of a 409 answer (top level or inside ``error``)."""
         if isinstance(exc.body, dict):
             for holder in (exc.body, exc.body.get("error")):
-                if isinstance(holder, dict) and isinstance(holder.get("file_id"), str):
-                    return holder["file_id"]
+                file_id = holder.get("file_id") if isinstance(holder, dict) else None
+                if isinstance(file_id, str) and file_id:
+                    return file_id
         return None
 
     # -- simple calls ---------------------------------------------------------------------------

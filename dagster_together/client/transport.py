@@ -358,7 +358,7 @@ class Transport:
 
     def backoff_delay(self, retry: int) -> float:
         """Exponential backoff with jitter for the ``retry``-th retry (1-based)."""
-        delay = min(self.backoff_max, self.backoff_base * (2 ** max(0, retry - 1)))
+        delay = min(self.backoff_max, self.backoff_base * 2.0 ** max(0, retry - 1))
         # Jitter keeps many workers that failed together from retrying in lockstep.
         return delay * (1.0 - 0.25 * random.random())
 
