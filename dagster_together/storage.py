@@ -1,0 +1,96 @@
+"""Where a batch pipeline keeps its files on the user's storage (a local path or an fsspec URL).
+
+::
+
+    {storage_url}/batches/{batch_id}/input.jsonl      the request file exactly as uploaded
+    {storage_url}/batches/{batch_id}/inputs.parquet   custom_id + the user's own columns
+    {storage_url}/batches/{batch_id}/output.jsonl     Together's output file, as downloaded
+    {storage_url}/batches/{batch_id}/errors.jsonl     Together's error file, as downloaded
+    {storage_url}/results/batch_id={batch_id}/part-0.parquet   the joined results
+
+``results/`` is a hive-partitioned Parquet dataset: DuckDB, Spark, Trino or
+``pyarrow.dataset.dataset(layout.results_url, partitioning="hive")`` read every batch as one table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BatchStorageLayout"]
+
+
+def _join(base: str, *parts: str) -> str:
+    if "://" in base:
+        return "/".join([base.rstrip("/"), *parts])
+    return os.path.join(base, *parts)
+
+
+@dataclass(frozen=True)
+class BatchStorageLayout:
+    """The file layout of one batch pipeline under ``storage_url``.
+
+    Attributes:
+        storage_url: a local directory or an fsspec URL prefix (``s3://bucket/prefix``).
+        storage_options: passed to fsspec (credentials, endpoint); never shown by ``repr``.
+    """
+
+    storage_url: str
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def batch_dir(self, batch_id: str) -> str:
+        """``{storage_url}/batches/{batch_id}``: the raw files of one batch."""
+        return _join(self.storage_url, "batches", _safe(batch_id))
+
+    def input_jsonl(self, batch_id: str) -> str:
+        """The request JSONL exactly as it was uploaded."""
+        return _join(self.batch_dir(batch_id), "input.jsonl")
+
+    def inputs_parquet(self, batch_id: str) -> str:
+        """``custom_id`` plus the user's own columns for this batch's requests."""
+        return _join(self.batch_dir(batch_id), "inputs.parquet")
+
+    def output_jsonl(self, batch_id: str) -> str:
+        """Together's output file."""
+        return _join(self.batch_dir(batch_id), "output.jsonl")
+
+    def errors_jsonl(self, batch_id: str) -> str:
+        """Together's error file."""
+        return _join(self.batch_dir(batch_id), "errors.jsonl")
+
+    @property
+    def results_url(self) -> str:
+        """The root of the hive-partitioned results dataset (every batch)."""
+        return _join(self.storage_url, "results")
+
+    def results_parquet(self, batch_id: str) -> str:
+        """The joined results of one batch."""
+        return _join(self.results_url, f"batch_id={_safe(batch_id)}", "part-0.parquet")
+
+    # -- small fsspec helpers ------------------------------------------------------------------
+    def filesystem(self, location: str) -> tuple[Any, str]:
+        """``(fs, path)`` for a location of this layout."""
+        import fsspec.core
+
+        return fsspec.core.url_to_fs(location, **dict(self.storage_options or {}))
+
+    def exists(self, location: str) -> bool:
+        """Whether ``location`` exists."""
+        fs, path = self.filesystem(location)
+        return bool(fs.exists(path))
+
+    def put_file(self, local_path: str, location: str) -> None:
+        """Copy a local file to ``location`` (parents created for local paths)."""
+        fs, path = self.filesystem(location)
+        if "://" not in location:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fs.put_file(local_path, path)
+
+
+def _safe(batch_id: str) -> str:
+    # Batch ids are UUIDs; refuse anything that would escape the layout as a path.
+    if not batch_id or "/" in batch_id or "\\" in batch_id or batch_id in (".", ".."):
+        raise ValueError(f"{batch_id!r} is not a usable batch id.")
+    return batch_id

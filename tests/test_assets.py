@@ -1,0 +1,435 @@
+"""The submit and results assets over a real Dagster instance, real HTTP to the emulator and real
+storage (local files and S3 on a moto server)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dagster_together.assets import TogetherBatchDefs, together_batch_assets
+from dagster_together.requests import RequestTemplate
+from dagster_together.resources import TogetherResource
+from dagster_together.storage import BatchStorageLayout
+
+TEMPLATE = RequestTemplate(
+    model="meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    prompt_column="text",
+    system_prompt="Classify the sentiment of the review.",
+    body={"max_tokens": 8},
+)
+
+
+def reviews_table(n: int = 5, *, error_rows: tuple[int, ...] = ()) -> pa.Table:
+    """``n`` reviews; rows in ``error_rows`` ask the emulator to fail that request."""
+    texts = [
+        f"Review {i}: " + ("EMULATE_ERROR" if i in error_rows else "works as described")
+        for i in range(n)
+    ]
+    return pa.table(
+        {
+            "review_id": list(range(100, 100 + n)),
+            "text": texts,
+            "stars": [i % 5 + 1 for i in range(n)],
+        }
+    )
+
+
+def make_prompts_asset(table: pa.Table, name: str = "reviews") -> dg.AssetsDefinition:
+    @dg.asset(name=name)
+    def _prompts() -> pa.Table:
+        return table
+
+    return _prompts
+
+
+def build(storage_url: str, prompts: dg.AssetsDefinition, **kwargs: Any) -> TogetherBatchDefs:
+    kwargs.setdefault("template", TEMPLATE)
+    kwargs.setdefault("id_column", "review_id")
+    return together_batch_assets(name="reviews", prompts=prompts, storage_url=storage_url, **kwargs)
+
+
+def resources(emulator: Any, api_key: str) -> dict[str, Any]:
+    return {"together": TogetherResource(api_key=api_key, base_url=emulator.base_url)}
+
+
+def submit(
+    bundle: TogetherBatchDefs,
+    prompts: dg.AssetsDefinition,
+    instance: dg.DagsterInstance,
+    res: dict[str, Any],
+    **kwargs: Any,
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [prompts, bundle.submit_asset],
+        instance=instance,
+        resources=res,
+        **kwargs,
+    )
+
+
+def submit_metadata(result: dg.ExecuteInProcessResult, bundle: TogetherBatchDefs) -> dict:
+    [mat] = result.asset_materializations_for_node(bundle.submit_asset.node_def.name)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def wait_terminal(emulator: Any, ids: list[str], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = {b["id"]: b["status"] for b in emulator.batches()}
+        if all(status[i] in ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED") for i in ids):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"batches not terminal in time: {status}")
+
+
+def materialize_results(
+    bundle: TogetherBatchDefs,
+    batch_id: str,
+    instance: dg.DagsterInstance,
+    res: dict[str, Any],
+    **kwargs: Any,
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [bundle.results_asset],
+        partition_key=batch_id,
+        instance=instance,
+        resources=res,
+        **kwargs,
+    )
+
+
+def results_metadata(result: dg.ExecuteInProcessResult, bundle: TogetherBatchDefs) -> dict:
+    [mat] = result.asset_materializations_for_node(bundle.results_asset.node_def.name)
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    """The message of the one step failure, with its causes."""
+    [failure] = result.get_step_failure_events()
+    error, parts = failure.event_specific_data.error, []
+    while error is not None:
+        parts.append(error.message)
+        error = error.cause
+    return "\n".join(parts)
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def batch_posts(emulator: Any) -> int:
+    return sum(1 for r in emulator.requests if r.method == "POST" and r.path == "/v1/batches")
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+# ---------------------------------------------------------------------------------------------
+def test_submit_then_results_end_to_end(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    table = reviews_table(5, error_rows=(3,))
+    prompts = make_prompts_asset(table)
+    bundle = build(str(tmp_path / "store"), prompts, max_requests_per_batch=2)
+    res = resources(emulator, api_key)
+
+    result = submit(bundle, prompts, instance, res)
+    assert result.success
+    meta = submit_metadata(result, bundle)
+    ids = meta["batch_ids"]
+    assert meta["n_batches"] == 3 and meta["n_requests"] == 5
+    assert meta["n_created"] == 3 and meta["n_reused"] == 0
+    assert len(meta["input_file_ids"]) == 3
+    assert [row["n_requests"] for row in meta["batches"]] == [2, 2, 1]
+    # One upload per chunk, one list for the reuse lookup, one create per chunk.
+    assert batch_posts(emulator) == 3
+    assert sum(1 for r in emulator.requests if r.method == "GET" and r.path == "/v1/batches") == 1
+    assert sorted(instance.get_dynamic_partitions(bundle.partitions_def.name)) == sorted(ids)
+
+    layout = bundle.layout
+    for row in meta["batches"]:
+        assert row["input_copy"] == layout.input_jsonl(row["batch_id"])
+        assert Path(row["input_copy"]).read_text().count("\n") == row["n_requests"]
+        columns = pq.read_table(layout.inputs_parquet(row["batch_id"]))
+        assert columns.column_names == ["custom_id", "review_id", "text", "stars"]
+
+    wait_terminal(emulator, ids)
+    rows = []
+    checks_by_batch = {}
+    for batch_id in ids:
+        out = materialize_results(bundle, batch_id, instance, res)
+        assert out.success
+        md = results_metadata(out, bundle)
+        path = layout.results_parquet(batch_id)
+        assert md["dagster/uri"] == path
+        assert md["batch_status"] == "COMPLETED"
+        written = pq.read_table(path)
+        assert md["dagster/row_count"] == written.num_rows
+        assert [c.name for c in md["dagster/column_schema"].columns] == written.column_names
+        assert "| custom_id |" in md["preview"]
+        assert md["together.total_tokens"] > 0
+        usage = md["together/usage_by_model"][TEMPLATE.model]
+        assert usage["total_tokens"] == md["together.total_tokens"]
+        assert md[f"together.{TEMPLATE.model}.total_tokens"] == md["together.total_tokens"]
+        assert Path(layout.output_jsonl(batch_id)).exists()
+        rows.extend({**row, "batch_id": batch_id} for row in written.to_pylist())
+        checks_by_batch[batch_id] = checks(out)
+        assert checks_by_batch[batch_id]["completeness"].passed
+
+    # One row per input, joined to the user's own columns, with a status each.
+    assert sorted(r["custom_id"] for r in rows) == [str(i) for i in range(100, 105)]
+    by_id = {r["custom_id"]: r for r in rows}
+    assert by_id["103"]["status"] == "failed" and by_id["103"]["error"]
+    assert all(by_id[i]["status"] == "succeeded" for i in ("100", "101", "102", "104"))
+    assert by_id["104"]["stars"] == 5 and by_id["100"]["content"]
+
+    # The batch holding the failed request: error rate 1/2 > 5% -> a WARN check result.
+    failed_batch = by_id["103"]["batch_id"]
+    assert Path(layout.errors_jsonl(failed_batch)).exists()
+    rate = checks_by_batch[failed_batch]["error_rate"]
+    assert not rate.passed and rate.severity == dg.AssetCheckSeverity.WARN
+    assert rate.metadata["error_rate"].value == pytest.approx(0.5)
+    assert all(c["error_rate"].passed for b, c in checks_by_batch.items() if b != failed_batch)
+
+
+def test_resubmit_reuses_batches(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    prompts = make_prompts_asset(reviews_table(4))
+    bundle = build(str(tmp_path / "store"), prompts, max_requests_per_batch=2)
+    res = resources(emulator, api_key)
+
+    first = submit_metadata(submit(bundle, prompts, instance, res), bundle)
+    second = submit_metadata(submit(bundle, prompts, instance, res), bundle)
+    assert second["batch_ids"] == first["batch_ids"]
+    assert second["n_reused"] == 2 and second["n_created"] == 0
+    assert batch_posts(emulator) == 2
+    assert len(emulator.batches()) == 2
+
+
+def test_crash_between_create_and_record_is_healed_by_rerun(
+    emulator: Any,
+    api_key: str,
+    tmp_path: Path,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prompts = make_prompts_asset(reviews_table(3))
+    bundle = build(str(tmp_path / "store"), prompts)
+    res = resources(emulator, api_key)
+
+    # The first copy to storage (right after create_batch) dies: the batch exists on Together but
+    # is recorded nowhere in Dagster.
+    real_put = BatchStorageLayout.put_file
+    calls = {"n": 0}
+
+    def crash_once(self: BatchStorageLayout, local: str, location: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("simulated crash after create_batch")
+        real_put(self, local, location)
+
+    monkeypatch.setattr(BatchStorageLayout, "put_file", crash_once)
+    crashed = submit(bundle, prompts, instance, res, raise_on_error=False)
+    assert not crashed.success
+    assert len(emulator.batches()) == 1
+    assert instance.get_dynamic_partitions(bundle.partitions_def.name) == []
+
+    retried = submit_metadata(submit(bundle, prompts, instance, res), bundle)
+    assert len(emulator.batches()) == 1 and batch_posts(emulator) == 1
+    assert retried["n_reused"] == 1
+    assert instance.get_dynamic_partitions(bundle.partitions_def.name) == retried["batch_ids"]
+
+
+def test_failed_batch_is_not_reused(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    prompts = make_prompts_asset(reviews_table(2))
+    bundle = build(str(tmp_path / "store"), prompts)
+    res = resources(emulator, api_key)
+    [first] = submit_metadata(submit(bundle, prompts, instance, res), bundle)["batch_ids"]
+    emulator.set_batch_status(first, "CANCELLED")
+    second = submit_metadata(submit(bundle, prompts, instance, res), bundle)
+    assert second["n_created"] == 1 and second["batch_ids"] != [first]
+
+
+@pytest.mark.parametrize(
+    "table, reason",
+    [
+        (pa.table({"review_id": [1, 1], "text": ["a", "b"]}), "repeats"),
+        (pa.table({"review_id": [1, 2], "body_text": ["a", "b"]}), "no column 'text'"),
+        (pa.table({"review_id": ["x" * 65], "text": ["a"]}), "over the limit of 64"),
+        (pa.table({"review_id": [1, 2], "text": ["a", None]}), "null"),
+    ],
+    ids=["duplicate-id", "missing-column", "long-id", "null-prompt"],
+)
+def test_bad_prompts_fail_before_any_request(
+    emulator: Any,
+    api_key: str,
+    tmp_path: Path,
+    instance: dg.DagsterInstance,
+    table: pa.Table,
+    reason: str,
+) -> None:
+    prompts = make_prompts_asset(table)
+    bundle = build(str(tmp_path / "store"), prompts)
+    result = submit(bundle, prompts, instance, resources(emulator, api_key), raise_on_error=False)
+    assert not result.success
+    assert reason in failure_text(result)
+    assert "Nothing was sent to Together" in failure_text(result)
+    assert emulator.requests == []
+    assert instance.get_dynamic_partitions(bundle.partitions_def.name) == []
+
+
+def test_empty_prompts_submit_nothing(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    prompts = make_prompts_asset(reviews_table(0))
+    bundle = build(str(tmp_path / "store"), prompts)
+    meta = submit_metadata(submit(bundle, prompts, instance, resources(emulator, api_key)), bundle)
+    assert meta["n_batches"] == 0 and emulator.requests == []
+
+
+@pytest.mark.parametrize(
+    "status, expected", [("EXPIRED", "expired"), ("CANCELLED", "cancelled"), ("FAILED", "missing")]
+)
+def test_unfinished_batch_still_materialises_partial_results(
+    api_key: str, tmp_path: Path, instance: dg.DagsterInstance, status: str, expected: str
+) -> None:
+    from dagster_together.emulator import Emulator
+
+    with Emulator(api_key=api_key, validate_seconds=0.0, run_seconds=3600) as emu:
+        prompts = make_prompts_asset(reviews_table(4))
+        bundle = build(str(tmp_path / "store"), prompts)
+        res = resources(emu, api_key)
+        [batch_id] = submit_metadata(submit(bundle, prompts, instance, res), bundle)["batch_ids"]
+
+        running = materialize_results(bundle, batch_id, instance, res, raise_on_error=False)
+        assert not running.success
+        assert "sensor launches this run by itself" in failure_text(running)
+
+        emu.set_batch_status(batch_id, status, done_fraction=0.5)
+        out = materialize_results(bundle, batch_id, instance, res)
+        md = results_metadata(out, bundle)
+        table = pq.read_table(bundle.layout.results_parquet(batch_id))
+        assert table.num_rows == 4 and md["batch_status"] == status
+        statuses = sorted(table["status"].to_pylist())
+        assert statuses == sorted(["succeeded"] * 2 + [expected] * 2)
+        assert md["n_succeeded"] == 2 and md[f"n_{expected}"] == 2
+        result_checks = checks(out)
+        assert result_checks["completeness"].passed  # every input exactly once
+        assert not result_checks["error_rate"].passed
+
+
+def test_results_on_s3(
+    emulator: Any, api_key: str, s3_server: Any, s3_bucket: str, instance: dg.DagsterInstance
+) -> None:
+    import s3fs
+
+    prompts = make_prompts_asset(reviews_table(3))
+    url = f"{s3_bucket}/together/reviews"
+    bundle = build(url, prompts, storage_options=s3_server.storage_options)
+    res = resources(emulator, api_key)
+    [batch_id] = submit_metadata(submit(bundle, prompts, instance, res), bundle)["batch_ids"]
+    wait_terminal(emulator, [batch_id])
+    md = results_metadata(materialize_results(bundle, batch_id, instance, res), bundle)
+
+    destination = f"{url}/results/batch_id={batch_id}/part-0.parquet"
+    assert md["dagster/uri"] == destination
+    fs = s3fs.S3FileSystem(**s3_server.storage_options)
+    for name in ("input.jsonl", "inputs.parquet", "output.jsonl"):
+        assert fs.exists(f"{url}/batches/{batch_id}/{name}")
+    with fs.open(destination, "rb") as handle:
+        table = pq.read_table(handle)
+    assert table.num_rows == 3 and set(table["status"].to_pylist()) == {"succeeded"}
+
+
+def test_prebuilt_requests_table_without_template(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    table = pa.table(
+        {
+            "custom_id": ["a", "b"],
+            "body": [
+                '{"model": "m1", "messages": [{"role": "user", "content": "hi"}]}',
+                '{"model": "m1", "messages": [{"role": "user", "content": "ho"}]}',
+            ],
+        }
+    )
+    prompts = make_prompts_asset(table)
+    bundle = together_batch_assets(
+        name="raw", prompts=prompts, storage_url=str(tmp_path / "store"), key_prefix="llm"
+    )
+    assert bundle.results_asset.key == dg.AssetKey(["llm", "raw_results"])
+    res = resources(emulator, api_key)
+    result = dg.materialize(
+        [prompts, bundle.submit_asset],
+        instance=instance,
+        resources=res,
+    )
+    [batch_id] = submit_metadata(result, bundle)["batch_ids"]
+    # Only custom_id beside the body: no user columns to keep, the request file is the input.
+    assert not os.path.exists(bundle.layout.inputs_parquet(batch_id))
+    wait_terminal(emulator, [batch_id])
+    materialize_results(bundle, batch_id, instance, res)
+    written = pq.read_table(bundle.layout.results_parquet(batch_id))
+    assert written["prompt"].to_pylist() == ["hi", "ho"]
+    assert written["status"].to_pylist() == ["succeeded", "succeeded"]
+
+
+def test_api_key_never_written_anywhere(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    prompts = make_prompts_asset(reviews_table(3))
+    store = tmp_path / "store"
+    bundle = build(str(store), prompts)
+    res = resources(emulator, api_key)
+    submitted = submit(bundle, prompts, instance, res)
+    [batch_id] = submit_metadata(submitted, bundle)["batch_ids"]
+    wait_terminal(emulator, [batch_id])
+    results = materialize_results(bundle, batch_id, instance, res)
+
+    secret = api_key.encode()
+    for run in (submitted, results):
+        for event in run.all_events:
+            assert api_key not in repr(event)
+    # Event log, run storage, compute logs, pickled outputs, and every file the pipeline wrote.
+    for root in (Path(instance.root_directory), store):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert secret not in path.read_bytes(), path
+    assert api_key not in repr(res["together"]) and api_key not in str(res["together"])
+
+
+def test_defs_bundle_loads_as_a_code_location(tmp_path: Path) -> None:
+    prompts = make_prompts_asset(reviews_table(1))
+    bundle = build(
+        str(tmp_path),
+        prompts,
+        group_name="llm",
+        sensor_default_status=dg.DefaultSensorStatus.STOPPED,
+    )
+    defs = dg.Definitions.merge(
+        bundle.defs,
+        dg.Definitions(assets=[prompts], resources={"together": TogetherResource()}),
+    )
+    repo = defs.get_repository_def()
+    assert repo.has_sensor_def("reviews_batch_sensor")
+    assert repo.has_job("reviews_results_job")
+    assert bundle.sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+    assert specs[bundle.submit_asset.key].kinds == {"together"}
+    assert specs[bundle.results_asset.key].kinds == {"together", "parquet"}
+    assert specs[bundle.results_asset.key].group_name == "llm"
+    assert {c.name for c in bundle.results_asset.check_specs} == {"completeness", "error_rate"}

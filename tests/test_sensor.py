@@ -1,0 +1,329 @@
+"""The batch sensor over a real instance and real HTTP: one GET /batches per tick, one run
+request per finished batch whatever its status, no duplicates, and API outages survived."""
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import httpx
+import pyarrow as pa
+import pytest
+
+from dagster_together.assets import TogetherBatchDefs, together_batch_assets
+from dagster_together.emulator import Emulator
+from dagster_together.requests import RequestTemplate
+from dagster_together.resources import TogetherResource
+from dagster_together.sensors import BATCH_STATUS_TAG, together_batch_sensor
+
+TEMPLATE = RequestTemplate(model="m", prompt_column="text")
+
+
+@pytest.fixture
+def slow_emulator(api_key: str) -> Iterator[Emulator]:
+    """Batches stay IN_PROGRESS until a test forces a final status."""
+    with Emulator(api_key=api_key, validate_seconds=0.0, run_seconds=3600) as emu:
+        yield emu
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+class Pipeline:
+    """A submitted pipeline plus a way to tick its sensor like the daemon does."""
+
+    def __init__(
+        self, emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path, n: int
+    ) -> None:
+        table = pa.table({"id": list(range(n)), "text": [f"prompt {i}" for i in range(n)]})
+
+        @dg.asset(name="prompts")
+        def prompts() -> pa.Table:
+            return table
+
+        self.emu = emu
+        self.instance = instance
+        self.bundle: TogetherBatchDefs = together_batch_assets(
+            name="docs",
+            prompts=prompts,
+            storage_url=str(tmp_path / "store"),
+            template=TEMPLATE,
+            id_column="id",
+            max_requests_per_batch=1,  # one batch per row: n batches
+        )
+        self.resources = {"together": TogetherResource(api_key=api_key, base_url=emu.base_url)}
+        self.defs = dg.Definitions.merge(
+            self.bundle.defs, dg.Definitions(assets=[prompts], resources=self.resources)
+        )
+        self.cursor: str | None = None
+        if n:
+            result = dg.materialize(
+                [prompts, self.bundle.submit_asset], instance=instance, resources=self.resources
+            )
+            [mat] = result.asset_materializations_for_node(self.bundle.submit_asset.node_def.name)
+            self.batch_ids: list[str] = list(mat.metadata["batch_ids"].value)
+        else:
+            self.batch_ids = []
+
+    def tick(self) -> dg.SensorResult | dg.SkipReason:
+        """One evaluation; like the daemon, the cursor is kept only when the tick succeeds."""
+        self.emu.clear_requests()
+        with dg.build_sensor_context(
+            instance=self.instance,
+            cursor=self.cursor,
+            definitions=self.defs,
+            resources=self.resources,
+        ) as context:
+            result = self.bundle.sensor(context)
+        if isinstance(result, dg.SensorResult) and result.cursor is not None:
+            self.cursor = result.cursor
+        return result
+
+    def api_calls(self) -> list[tuple[str, str]]:
+        return [(r.method, r.path) for r in self.emu.requests]
+
+
+def requested(result: Any) -> dict[str, str]:
+    """``{batch_id: status}`` of the run requests of a tick."""
+    if not isinstance(result, dg.SensorResult):
+        return {}
+    out = {}
+    for request in result.run_requests or []:
+        assert request.run_key == f"{request.partition_key}:{request.tags[BATCH_STATUS_TAG]}"
+        out[request.partition_key] = request.tags[BATCH_STATUS_TAG]
+    return out
+
+
+def test_one_run_per_final_status_no_duplicates(
+    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=5)
+    b = p.batch_ids
+
+    # Nothing finished: no run request, exactly one list call, no per-job call.
+    for _ in range(2):
+        assert requested(p.tick()) == {}
+        assert p.api_calls() == [("GET", "/v1/batches")]
+
+    slow_emulator.set_batch_status(b[0], "COMPLETED")
+    slow_emulator.set_batch_status(b[1], "FAILED")
+    assert requested(p.tick()) == {b[0]: "COMPLETED", b[1]: "FAILED"}
+    assert p.api_calls() == [("GET", "/v1/batches")]
+    assert requested(p.tick()) == {}  # already launched: not again
+
+    slow_emulator.set_batch_status(b[2], "EXPIRED", done_fraction=0.0)
+    slow_emulator.set_batch_status(b[3], "CANCELLED", done_fraction=0.0)
+    assert requested(p.tick()) == {b[2]: "EXPIRED", b[3]: "CANCELLED"}
+    assert p.api_calls() == [("GET", "/v1/batches")]
+
+    slow_emulator.set_batch_status(b[4], "COMPLETED")
+    assert requested(p.tick()) == {b[4]: "COMPLETED"}
+
+    # Everything handed over: the sensor does not even call the API.
+    result = p.tick()
+    assert requested(result) == {} and p.api_calls() == []
+    assert isinstance(result, dg.SensorResult) and result.skip_reason is not None
+
+
+@pytest.mark.parametrize("outage", ["503", "connection refused"])
+def test_api_outage_loses_nothing_and_launches_nothing_twice(
+    slow_emulator: Emulator,
+    api_key: str,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    outage: str,
+) -> None:
+    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=3)
+    b = p.batch_ids
+    slow_emulator.set_batch_status(b[0], "COMPLETED")
+    assert requested(p.tick()) == {b[0]: "COMPLETED"}
+
+    slow_emulator.set_batch_status(b[1], "FAILED")
+    if outage == "503":
+        slow_emulator.add_fault("GET", r"^/v1/batches$", kind="status", status=503, times=None)
+    else:
+        slow_emulator.stop()
+    started = time.monotonic()
+    with pytest.raises(Exception, match="batches"):
+        p.tick()
+    assert time.monotonic() - started < 20  # bounded retries: far below the sensor timeout
+    if outage == "503":
+        assert p.api_calls() == [("GET", "/v1/batches")] * 2  # one try + one retry, no more
+        slow_emulator.clear_faults()
+    else:
+        slow_emulator.start()
+
+    slow_emulator.set_batch_status(b[2], "CANCELLED")
+    assert requested(p.tick()) == {b[1]: "FAILED", b[2]: "CANCELLED"}
+    assert requested(p.tick()) == {}
+
+
+def test_cursor_is_pruned_once_the_instance_knows_the_run(
+    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=2)
+    b = p.batch_ids
+    slow_emulator.set_batch_status(b[0], "COMPLETED")
+    assert requested(p.tick()) == {b[0]: "COMPLETED"}
+    assert json.loads(p.cursor or "{}")["launched"] == {b[0]: "COMPLETED"}
+
+    # The results run materialises the partition: the instance is now the source of truth.
+    result = dg.materialize(
+        [p.bundle.results_asset], partition_key=b[0], instance=instance, resources=p.resources
+    )
+    assert result.success
+    p.tick()
+    assert json.loads(p.cursor or "{}")["launched"] == {}
+
+    # Even with the cursor lost, a materialised partition is never requested again.
+    p.cursor = "not json"
+    assert requested(p.tick()) == {}
+    assert p.api_calls() == [("GET", "/v1/batches")]  # b[1] is still watched
+
+
+def test_early_manual_materialisation_does_not_hide_the_batch(
+    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=1)
+    [batch_id] = p.batch_ids
+    # Someone clicks Materialize before the batch is done: that run fails (not terminal yet).
+    early = dg.materialize(
+        [p.bundle.results_asset],
+        partition_key=batch_id,
+        instance=instance,
+        resources=p.resources,
+        raise_on_error=False,
+    )
+    assert not early.success
+    assert requested(p.tick()) == {}
+    slow_emulator.set_batch_status(batch_id, "COMPLETED")
+    assert requested(p.tick()) == {batch_id: "COMPLETED"}
+    assert requested(p.tick()) == {}
+
+
+def test_no_batches_no_api_call(
+    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=0)
+    result = p.tick()
+    assert isinstance(result, dg.SkipReason) and p.api_calls() == []
+
+
+def test_batch_missing_from_the_list_stays_watched(
+    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=1)
+    instance.add_dynamic_partitions(p.bundle.partitions_def.name, ["not-known-to-together"])
+    assert requested(p.tick()) == {}
+    slow_emulator.set_batch_status(p.batch_ids[0], "COMPLETED")
+    assert requested(p.tick()) == {p.batch_ids[0]: "COMPLETED"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale and unknown statuses: a scripted /batches answer (httpx.MockTransport), still real HTTP
+# semantics for the client, no network.
+# ---------------------------------------------------------------------------------------------
+class ScriptedResource(TogetherResource):
+    """A TogetherResource whose clients answer GET /batches from a fixed list of jobs."""
+
+    def make_client(self, *, timeout: float | None = None, max_retries: int | None = None) -> Any:
+        from dagster_together.client import TogetherClient
+
+        jobs = SCRIPT["jobs"]
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            SCRIPT["calls"].append((request.method, request.url.path))
+            return httpx.Response(200, json=jobs)
+
+        return TogetherClient(
+            api_key="k",
+            base_url="http://together.test/v1",
+            max_retries=0,
+            http_transport=httpx.MockTransport(handler),
+        )
+
+
+SCRIPT: dict[str, Any] = {"jobs": [], "calls": []}
+
+
+def _job(batch_id: str, status: str, progress: float = 50.0) -> dict[str, Any]:
+    return {
+        "id": batch_id,
+        "user_id": "u",
+        "input_file_id": f"file-{batch_id}",
+        "file_size_bytes": 10,
+        "status": status,
+        "job_deadline": "2030-01-01T00:00:00Z",
+        "created_at": "2029-12-31T00:00:00Z",
+        "endpoint": "/v1/chat/completions",
+        "progress": progress,
+    }
+
+
+def _scripted_sensor(instance: dg.DagsterInstance, ids: list[str]) -> tuple[Any, dict[str, Any]]:
+    partitions = dg.DynamicPartitionsDefinition(name="scripted_batches")
+
+    @dg.asset(partitions_def=partitions)
+    def scripted_results() -> None: ...
+
+    job = dg.define_asset_job("scripted_job", selection=[scripted_results])
+    sensor = together_batch_sensor(
+        name="scripted_sensor",
+        job=job,
+        results_asset_key=scripted_results.key,
+        partitions_def=partitions,
+    )
+    instance.add_dynamic_partitions("scripted_batches", ids)
+    resources = {"together": ScriptedResource()}
+    defs = dg.Definitions(assets=[scripted_results], sensors=[sensor], resources=resources)
+    return sensor, {"definitions": defs, "resources": resources}
+
+
+def test_thousand_batches_in_flight_one_call_and_fast(instance: dg.DagsterInstance) -> None:
+    ids = [f"batch-{i:04d}" for i in range(1000)]
+    statuses = ["IN_PROGRESS", "VALIDATING", "COMPLETED", "FAILED", "EXPIRED"]
+    SCRIPT["jobs"] = [
+        _job(b, statuses[i % 5] if i < 100 else "IN_PROGRESS") for i, b in enumerate(ids)
+    ]
+    SCRIPT["calls"] = []
+    sensor, kwargs = _scripted_sensor(instance, ids)
+
+    started = time.monotonic()
+    with dg.build_sensor_context(instance=instance, **kwargs) as context:
+        result = sensor(context)
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, elapsed  # the sensor timeout is 60 s
+    assert SCRIPT["calls"] == [("GET", "/v1/batches")]
+    assert len(requested(result)) == 60  # 20 each of COMPLETED, FAILED, EXPIRED among the first 100
+    assert len(result.cursor or "") < 10_000  # only launched-but-not-yet-run ids are kept
+
+    SCRIPT["calls"] = []
+    with dg.build_sensor_context(instance=instance, cursor=result.cursor, **kwargs) as context:
+        assert requested(sensor(context)) == {}
+    assert SCRIPT["calls"] == [("GET", "/v1/batches")]
+
+
+def test_unknown_status_is_treated_as_running(
+    instance: dg.DagsterInstance, capfd: pytest.CaptureFixture[str]
+) -> None:
+    SCRIPT["jobs"] = [_job("b1", "PAUSED_FOR_MAINTENANCE"), _job("b2", "COMPLETED")]
+    SCRIPT["calls"] = []
+    sensor, kwargs = _scripted_sensor(instance, ["b1", "b2"])
+    with dg.build_sensor_context(instance=instance, **kwargs) as context:
+        result = sensor(context)
+    assert requested(result) == {"b2": "COMPLETED"}
+    logged = capfd.readouterr().err  # the sensor's context.log
+    assert "'PAUSED_FOR_MAINTENANCE'" in logged and "treating it as still running" in logged
+    assert (
+        "1 batch(es) still running (1 PAUSED_FOR_MAINTENANCE): b1 PAUSED_FOR_MAINTENANCE 50%"
+        in logged
+    )
+
+    SCRIPT["jobs"] = [_job("b1", "COMPLETED"), _job("b2", "COMPLETED")]
+    with dg.build_sensor_context(instance=instance, cursor=result.cursor, **kwargs) as context:
+        assert requested(sensor(context)) == {"b1": "COMPLETED"}
