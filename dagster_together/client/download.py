@@ -32,8 +32,10 @@ _log = logging.getLogger("dagster_together.client")
 #: so memory stays flat whatever the file size.
 CHUNK_SIZE = 8 * 1024 * 1024
 #: Part size for object stores (s3fs buffers one block, then uploads it as one multipart part).
-#: 32 MiB keeps parts few and large; peak memory is about block + chunk plus one copy (< 100 MB).
-REMOTE_BLOCK_SIZE = 32 * 1024 * 1024
+#: Peak memory is about 3-4 blocks (s3fs's buffer, the part it slices off, botocore's copy):
+#: measured +63 MB RSS for a 100 MB download to S3 at 16 MiB, +114 MB at 32, +214 MB at 64, with
+#: no throughput gain above 16. Parts stay large (S3's 10,000-part cap is 160 GB at this size).
+REMOTE_BLOCK_SIZE = 16 * 1024 * 1024
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
