@@ -107,14 +107,24 @@ def test_create_get_list_cancel(client: TogetherClient, emulator: Any, tmp_path:
     assert client.batches.get_batch(job.id).status.is_terminal
 
 
-def test_batch_completes_with_output(client: TogetherClient, emulator: Any, tmp_path: Path) -> None:
-    job = client.batches.create_batch(_input_file(client, tmp_path))
+def test_whole_flow_upload_create_wait_download_delete(
+    client: TogetherClient, emulator: Any, tmp_path: Path
+) -> None:
+    file_id = _input_file(client, tmp_path, n=4)
+    job = client.batches.create_batch(file_id)
     deadline = time.monotonic() + 5
     while not job.status.is_terminal and time.monotonic() < deadline:
         time.sleep(0.05)
         job = client.batches.get_batch(job.id)
     assert job.status is BatchStatus.COMPLETED
     assert job.output_file_id and job.progress == 100.0
+    result = client.files.retrieve_content(job.output_file_id, output=tmp_path / "out.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert result.size == (tmp_path / "out.jsonl").stat().st_size
+    assert sorted(line["custom_id"] for line in lines) == ["r0", "r1", "r2", "r3"]
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    assert client.files.delete(file_id) is True
+    assert file_id not in {f.id for f in client.files.list()}
 
 
 def test_create_accepts_a_bare_job_and_the_envelope(api_key: str) -> None:

@@ -1,0 +1,42 @@
+"""The client is plain Python: no Dagster, no pyarrow, and nothing heavy at import time."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster_together.client
+
+CLIENT_DIR = Path(dagster_together.client.__file__).parent
+
+
+def test_client_source_never_imports_dagster_or_pyarrow() -> None:
+    offenders = []
+    for path in sorted(CLIENT_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in ("dagster", "pyarrow") or name.startswith("dagster._"):
+                    offenders.append(f"{path.name}: {name}")
+    assert offenders == []
+
+
+def test_importing_the_client_loads_nothing_heavy() -> None:
+    # Measured against `import dagster_together`, whatever the package itself imports.
+    code = (
+        "import sys, json; import dagster_together; before = set(sys.modules); "
+        "import dagster_together.client; "
+        "print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    added = json.loads(out.stdout)
+    heavy = ("dagster.", "pyarrow", "fsspec", "s3fs", "botocore", "tqdm", "pandas")
+    assert [m for m in added if m == "dagster" or m.startswith(heavy)] == []
