@@ -229,7 +229,13 @@ def together_batch_assets(
 
     @dg.asset(
         key=results_key,
-        deps=[submit_key],
+        # A batch comes from one submit partition, which Dagster cannot know statically: with a
+        # partitioned submit, each batch is shown as depending on all of them.
+        deps=[
+            dg.AssetDep(submit_key, partition_mapping=dg.AllPartitionMapping())
+            if submit_partitions_def is not None
+            else submit_key
+        ],
         partitions_def=partitions_def,
         required_resource_keys={resource_key},
         kinds={"together", "parquet"},

@@ -1,8 +1,7 @@
 """The submit and results assets over a real Dagster instance, real HTTP to the emulator and real
 storage (local files and S3 on a moto server)."""
 
-from __future__ import annotations
-
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -424,6 +423,7 @@ def test_defs_bundle_loads_as_a_code_location(tmp_path: Path) -> None:
         bundle.defs,
         dg.Definitions(assets=[prompts], resources={"together": TogetherResource()}),
     )
+    dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
     assert repo.has_sensor_def("reviews_batch_sensor")
     assert repo.has_job("reviews_results_job")
@@ -433,3 +433,58 @@ def test_defs_bundle_loads_as_a_code_location(tmp_path: Path) -> None:
     assert specs[bundle.results_asset.key].kinds == {"together", "parquet"}
     assert specs[bundle.results_asset.key].group_name == "llm"
     assert {c.name for c in bundle.results_asset.check_specs} == {"completeness", "error_rate"}
+
+
+def _source(kind: str, table: pa.Table, tmp_path: Path) -> Any:
+    if kind == "pandas":
+        return table.to_pandas()
+    if kind == "parquet":
+        pq.write_table(table, tmp_path / "prompts.parquet")
+        return str(tmp_path / "prompts.parquet")
+    with open(tmp_path / "prompts.jsonl", "w") as handle:
+        for row in table.to_pylist():
+            handle.write(json.dumps(row) + "\n")
+    return str(tmp_path / "prompts.jsonl")
+
+
+@pytest.mark.parametrize("kind", ["pandas", "parquet", "jsonl"])
+def test_prompts_as_dataframe_or_location(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance, kind: str
+) -> None:
+    value = _source(kind, reviews_table(3), tmp_path)
+
+    @dg.asset(name="reviews")
+    def prompts() -> Any:
+        return value
+
+    bundle = build(str(tmp_path / "store"), prompts)
+    res = resources(emulator, api_key)
+    [batch_id] = submit_metadata(submit(bundle, prompts, instance, res), bundle)["batch_ids"]
+    columns = pq.read_table(bundle.layout.inputs_parquet(batch_id))
+    assert columns["custom_id"].to_pylist() == ["100", "101", "102"]
+    assert columns["stars"].to_pylist() == [1, 2, 3]
+
+
+def test_daily_prompts_submit_per_day(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    daily = dg.DailyPartitionsDefinition(start_date="2026-01-01")
+
+    @dg.asset(name="reviews", partitions_def=daily)
+    def prompts(context: dg.AssetExecutionContext) -> pa.Table:
+        day = context.partition_key
+        return pa.table({"review_id": [f"{day}-1", f"{day}-2"], "text": ["a", "b"]})
+
+    bundle = build(str(tmp_path / "store"), prompts, submit_partitions_def=daily)
+    res = resources(emulator, api_key)
+    dg.Definitions.validate_loadable(
+        dg.Definitions.merge(bundle.defs, dg.Definitions(assets=[prompts], resources=res))
+    )
+    ids = []
+    for day in ("2026-01-01", "2026-01-02"):
+        result = dg.materialize(
+            [prompts, bundle.submit_asset], partition_key=day, instance=instance, resources=res
+        )
+        ids += submit_metadata(result, bundle)["batch_ids"]
+    assert len(set(ids)) == 2
+    assert sorted(instance.get_dynamic_partitions(bundle.partitions_def.name)) == sorted(ids)

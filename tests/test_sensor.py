@@ -172,11 +172,16 @@ def test_cursor_is_pruned_once_the_instance_knows_the_run(
     assert requested(p.tick()) == {b[0]: "COMPLETED"}
     assert json.loads(p.cursor or "{}")["launched"] == {b[0]: "COMPLETED"}
 
-    # The results run materialises the partition: the instance is now the source of truth.
-    result = dg.materialize(
-        [p.bundle.results_asset], partition_key=b[0], instance=instance, resources=p.resources
-    )
+    # The run the sensor asked for (its job, its partition) materialises the partition, checks
+    # included: the instance is now the source of truth.
+    assert p.bundle.sensor.job_name == "docs_results_job"
+    job = p.defs.resolve_job_def("docs_results_job")
+    result = job.execute_in_process(instance=instance, partition_key=b[0])
     assert result.success
+    assert {e.check_name for e in result.get_asset_check_evaluations()} == {
+        "completeness",
+        "error_rate",
+    }
     p.tick()
     assert json.loads(p.cursor or "{}")["launched"] == {}
 
