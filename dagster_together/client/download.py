@@ -247,10 +247,12 @@ def retrieve_content(
 
     The body is streamed and written in 8 MiB pieces. A dropped connection is resumed with
     ``Range: bytes=N-`` (a ``200`` instead of ``206`` restarts cleanly from zero), with backoff,
-    up to the client's ``max_retries``. The byte count is checked against ``Content-Length``.
+    up to the client's ``max_retries``. The byte count is checked against ``Content-Length``
+    (a body sent without one and cut by a clean close cannot be told from a complete one).
     The result is published atomically: a temporary file renamed into place locally, a
-    multipart upload completed only at the end on object stores. On any failure nothing is left
-    at ``output``.
+    multipart upload completed only at the end on object stores. On any failure no partial file
+    is left at ``output`` (a file already there stays, except on ``memory://``, whose files are
+    visible from the moment they are opened).
 
     Raises:
         DownloadError: the body could not be fetched completely within the retries.
