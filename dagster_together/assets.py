@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPLETENESS_CHECK",
+    "DEFAULT_RESULTS_RETRY_POLICY",
     "ERROR_RATE_CHECK",
     "TogetherBatchDefs",
     "together_batch_assets",
@@ -44,6 +45,12 @@ ERROR_RATE_CHECK = "error_rate"
 
 # A batch in one of these states will never produce results: a re-submit of the same input
 # must create a new batch rather than reuse it.
+DEFAULT_RESULTS_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL
+)
+"""Retries of the results step: it is idempotent (downloads and the join overwrite), and a
+storage or network hiccup after the client's own HTTP retries should not need a human."""
+
 _NOT_REUSABLE = frozenset({"FAILED", "EXPIRED", "CANCELLED", "CANCELING"})
 _PREVIEW_ROWS = 5
 _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -112,6 +119,7 @@ def together_batch_assets(
     key_prefix: str | Sequence[str] | None = None,
     group_name: str | None = None,
     submit_partitions_def: dg.PartitionsDefinition | None = None,
+    results_retry_policy: dg.RetryPolicy | None = DEFAULT_RESULTS_RETRY_POLICY,
     minimum_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS,
     sensor_default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> TogetherBatchDefs:
@@ -143,6 +151,8 @@ def together_batch_assets(
         group_name: asset group of both assets.
         submit_partitions_def: partitions of the submit asset, to line it up with a partitioned
             prompts asset (e.g. daily: each day's prompts become that day's batches).
+        results_retry_policy: step retries of the results asset (2 retries, 15 s then 30 s);
+            None to fail at once. A batch that is not finished yet is never retried.
         minimum_interval_seconds: the sensor's interval (default 60).
         sensor_default_status: the sensor's default status (RUNNING: an idle tick costs no API
             call; batches nobody collects expire).
@@ -238,6 +248,7 @@ def together_batch_assets(
         ],
         partitions_def=partitions_def,
         required_resource_keys={resource_key},
+        retry_policy=results_retry_policy,
         kinds={"together", "parquet"},
         group_name=group_name,
         check_specs=[
@@ -501,7 +512,8 @@ def _collect_results(
         raise dg.Failure(
             f"Batch {batch_id} is {job.status}{progress}: its results can be joined once it is "
             "COMPLETED, FAILED, EXPIRED or CANCELLED. The batch sensor launches this run by "
-            "itself when that happens."
+            "itself when that happens.",
+            allow_retries=False,
         )
     options = dict(layout.storage_options or {})
     outputs: list[str] = []

@@ -488,3 +488,24 @@ def test_daily_prompts_submit_per_day(
         ids += submit_metadata(result, bundle)["batch_ids"]
     assert len(set(ids)) == 2
     assert sorted(instance.get_dynamic_partitions(bundle.partitions_def.name)) == sorted(ids)
+
+
+def test_results_step_retries_a_transient_failure(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    prompts = make_prompts_asset(reviews_table(2))
+    bundle = build(
+        str(tmp_path / "store"),
+        prompts,
+        results_retry_policy=dg.RetryPolicy(max_retries=1, delay=0),
+    )
+    # No HTTP retries in the client: the download's 500 reaches the step, which is retried.
+    res = {"together": TogetherResource(api_key=api_key, base_url=emulator.base_url, max_retries=0)}
+    [batch_id] = submit_metadata(submit(bundle, prompts, instance, res), bundle)["batch_ids"]
+    wait_terminal(emulator, [batch_id])
+    emulator.add_fault("GET", r"/content$", kind="status", status=500, times=1)
+    result = materialize_results(bundle, batch_id, instance, res)
+    assert result.success
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 1
+    assert pq.read_table(bundle.layout.results_parquet(batch_id)).num_rows == 2
