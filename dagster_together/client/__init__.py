@@ -4,9 +4,13 @@
 ``retrieve_content`` streams, resumes, verifies and publishes atomically to any fsspec URL.
 """
 
-from dagster_together.client.batches import Batches
-from dagster_together.client.core import TogetherClient
-from dagster_together.client.download import normalize_key
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Types and errors are light; the httpx-backed classes load on first use so that importing
+# ``dagster_together`` (and a code location that only defines resources) stays fast.
 from dagster_together.client.errors import (
     APIConnectionError,
     APIError,
@@ -23,10 +27,40 @@ from dagster_together.client.errors import (
     ServerError,
     TogetherError,
 )
-from dagster_together.client.files import Files
-from dagster_together.client.progress import LogSink
-from dagster_together.client.transport import DEFAULT_BASE_URL, Transport, normalize_base_url
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject, FileResponse
+
+if TYPE_CHECKING:
+    from dagster_together.client.batches import Batches
+    from dagster_together.client.core import TogetherClient
+    from dagster_together.client.download import normalize_key
+    from dagster_together.client.files import Files
+    from dagster_together.client.progress import LogSink
+    from dagster_together.client.transport import (
+        DEFAULT_BASE_URL,
+        Transport,
+        normalize_base_url,
+    )
+
+_LAZY = {
+    "Batches": "batches",
+    "TogetherClient": "core",
+    "normalize_key": "download",
+    "Files": "files",
+    "LogSink": "progress",
+    "DEFAULT_BASE_URL": "transport",
+    "Transport": "transport",
+    "normalize_base_url": "transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_BASE_URL",
