@@ -1,0 +1,219 @@
+"""The example project: its code location loads, the demo runs end to end through the real
+sensor, and the local emulator is started exactly once however many processes ask for it."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    # example_project is not an installed package: `make demo` and `dagster dev` run it from the
+    # repository root, which the `pytest` entry point does not put on sys.path.
+    sys.path.insert(0, str(REPO_ROOT))
+
+from dagster_together.results import STATUSES  # noqa: E402
+from example_project import local_emulator, pipeline  # noqa: E402
+from example_project.demo import run_demo  # noqa: E402
+from example_project.reviews import make_reviews  # noqa: E402
+
+N_REVIEWS = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def no_local_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if anything tries to start (or look for) the local emulator."""
+
+    def refuse(**_: Any) -> Any:
+        raise AssertionError("the local emulator must not be used when TOGETHER_BASE_URL is set")
+
+    monkeypatch.setattr(pipeline, "ensure_emulator", refuse)
+    monkeypatch.setattr("example_project.demo.ensure_emulator", refuse)
+
+
+def test_definitions_load_against_the_configured_api(
+    emulator: Any,
+    api_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_local_emulator: None,
+) -> None:
+    monkeypatch.setenv("TOGETHER_BASE_URL", emulator.base_url)
+    monkeypatch.setenv("TOGETHER_API_KEY", api_key)
+    monkeypatch.setenv("TOGETHER_OUTPUT_URL", str(tmp_path / "out"))
+    monkeypatch.delitem(sys.modules, "example_project.definitions", raising=False)
+    module = importlib.import_module("example_project.definitions")
+    defs: dg.Definitions = module.defs
+
+    dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+    assert keys == {"reviews", "reviews_batches", "reviews_results"}
+    sensor = defs.resolve_sensor_def("reviews_batch_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 60  # a real API: the library's default
+    schedule = defs.resolve_schedule_def("reviews_daily_submit")
+    assert schedule.job_name == "reviews_submit_job"
+    assert schedule.cron_schedule == "0 6 * * *"
+    submit_job = defs.resolve_job_def("reviews_submit_job")
+    assert {node.name for node in submit_job.graph.nodes} == {"reviews", "reviews_batches"}
+    # The key comes from the environment in every process, never as a literal in the config.
+    together = (defs.resources or {})["together"]
+    assert isinstance(together.api_key, dg.EnvVar)
+    assert together.get_client().batches.list_batches() == []  # reaches the configured API
+    assert emulator.requests[-1].path == "/v1/batches"
+    monkeypatch.delitem(sys.modules, "example_project.definitions")
+
+
+def _last_line(text: str) -> str:
+    return text.rstrip("\n").splitlines()[-1]
+
+
+def test_demo_end_to_end_through_the_sensor_and_again(
+    emulator: Any, api_key: str, tmp_path: Path, no_local_emulator: None
+) -> None:
+    home = tmp_path / "dagster_home"
+    kwargs: dict[str, Any] = {
+        "base_url": emulator.base_url,
+        "api_key": api_key,
+        "output_url": str(tmp_path / "data"),
+        "dagster_home": home,
+        "poll_seconds": 0.2,
+        "timeout": 60,
+    }
+    out = io.StringIO()
+    result = run_demo(out=out, **kwargs)
+    text = out.getvalue()
+
+    [batch_id] = result.batch_ids
+    parquet = tmp_path / "data" / "results" / f"batch_id={batch_id}" / "part-0.parquet"
+    assert _last_line(text) == f"results: {parquet}"
+    assert result.location == str(parquet)
+    # The real sensor decided: it asked for the run itself, once.
+    assert f"Batch {batch_id} is COMPLETED: requesting its results run." in text
+    assert text.count("reviews_results_job [") == 1
+
+    table = pq.read_table(parquet)
+    assert table.num_rows == N_REVIEWS
+    ids = table.column("custom_id").to_pylist()
+    assert sorted(ids) == sorted(str(row["review_id"]) for row in make_reviews(N_REVIEWS))
+    assert len(set(ids)) == N_REVIEWS
+    assert set(table.column("status").to_pylist()) <= set(STATUSES)
+    assert result.counts == {"succeeded": N_REVIEWS}
+    assert {"product", "rating", "review", "content"} <= set(table.column_names)
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="reviews_results_job"))
+        assert [run.tags["dagster-together/batch_status"] for run in runs] == ["COMPLETED"]
+        assert runs[0].tags["dagster/partition"] == batch_id
+
+    # Again: the identical batch is reused, its results are not fetched a second time, and
+    # the same rows are printed from the existing Parquet.
+    out = io.StringIO()
+    again = run_demo(out=out, **kwargs)
+    assert again.batch_ids == [batch_id] and again.reused == [batch_id]
+    assert again.already_materialised == [batch_id]
+    assert _last_line(out.getvalue()) == f"results: {parquet}"
+    assert again.n_rows == N_REVIEWS
+    created = [r for r in emulator.requests if (r.method, r.path) == ("POST", "/v1/batches")]
+    assert len(created) == 1
+
+
+ENSURE_SCRIPT = """
+import json, sys
+from example_project.local_emulator import ensure_emulator
+emu = ensure_emulator(port=int(sys.argv[1]), state_dir=sys.argv[2], run_seconds=1.0)
+print(json.dumps({"pid": emu.pid, "started": emu.started, "base_url": emu.base_url}))
+"""
+
+
+@pytest.fixture
+def emulator_port(tmp_path: Path) -> Iterator[int]:
+    """A free port; whatever emulator ends up on it is stopped afterwards (pid file)."""
+    port = _free_port()
+    try:
+        yield port
+    finally:
+        pid_file = tmp_path / "state" / "emulator.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def test_local_emulator_is_started_once_for_many_processes(
+    tmp_path: Path, emulator_port: int
+) -> None:
+    state = tmp_path / "state"
+    # Code server, run workers and daemon all load the location at about the same time.
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ENSURE_SCRIPT, str(emulator_port), str(state)],
+            cwd=str(REPO_ROOT),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    answers = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        answers.append(json.loads(stdout))
+
+    assert sum(a["started"] for a in answers) == 1
+    assert {a["pid"] for a in answers} == {int((state / "emulator.pid").read_text())}
+    assert {a["base_url"] for a in answers} == {f"http://127.0.0.1:{emulator_port}/v1"}
+    assert local_emulator.emulator_is_up(emulator_port)
+    assert "emulator listening on" in (state / "emulator.log").read_text()
+
+    # The starter has exited; the emulator outlives it (detached) until it is stopped.
+    os.kill(answers[0]["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while local_emulator.emulator_is_up(emulator_port, timeout=0.2):
+        assert time.monotonic() < deadline, "the emulator did not stop on SIGTERM"
+        time.sleep(0.05)
+
+
+def test_local_emulator_explains_a_taken_port(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()  # something else, not an emulator, owns the port
+        port = int(sock.getsockname()[1])
+        with pytest.raises(RuntimeError, match=f"exited with code .* port {port}"):
+            local_emulator.ensure_emulator(port=port, state_dir=tmp_path, start_timeout=20)
+
+
+def test_local_emulator_start_and_stop_in_process(tmp_path: Path, emulator_port: int) -> None:
+    emu = local_emulator.ensure_emulator(port=emulator_port, state_dir=tmp_path / "state")
+    try:
+        assert emu.started and local_emulator.emulator_is_up(emulator_port)
+        again = local_emulator.ensure_emulator(port=emulator_port, state_dir=tmp_path / "state")
+        assert not again.started and again.pid == emu.pid
+        assert not local_emulator.stop_emulator(again)  # not ours to stop
+    finally:
+        assert local_emulator.stop_emulator(emu)
+    assert not local_emulator.emulator_is_up(emulator_port)
+    assert not (tmp_path / "state" / "emulator.pid").exists()
