@@ -1,0 +1,282 @@
+"""A materialisation launched through a running ``dagster-webserver``'s GraphQL API, with the
+mutation and variables the UI's Materialize button sends: the webserver launches the run, the run
+uploads the prompts to the emulator (in this process, over loopback) and creates one batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import httpx
+import pytest
+
+LOCATION = "webserver_e2e"
+N_PROMPTS = 4
+
+CODE_LOCATION = '''
+"""A tiny code location for the webserver test (written by tests/test_webserver_graphql.py)."""
+
+import json
+
+import dagster as dg
+import pyarrow as pa
+
+from dagster_together.assets import together_batch_assets
+from dagster_together.requests import RequestTemplate
+from dagster_together.resources import TogetherResource
+
+CONFIG = json.loads({config!r})
+
+
+@dg.asset
+def prompts() -> pa.Table:
+    n = CONFIG["n_prompts"]
+    return pa.table({{"id": [f"p-{{i}}" for i in range(n)], "text": [f"Say {{i}}" for i in range(n)]}})
+
+
+docs = together_batch_assets(
+    name="docs",
+    prompts=prompts,
+    storage_url=CONFIG["storage_url"],
+    template=RequestTemplate(model="test-model", prompt_column="text"),
+    id_column="id",
+)
+
+defs = dg.Definitions.merge(
+    docs.defs,
+    dg.Definitions(
+        assets=[prompts],
+        resources={{
+            "together": TogetherResource(
+                api_key=dg.EnvVar("TOGETHER_API_KEY"), base_url=CONFIG["base_url"]
+            )
+        }},
+    ),
+)
+'''
+
+WORKSPACE = f"""\
+load_from:
+  - python_file:
+      relative_path: defs.py
+      location_name: {LOCATION}
+      working_directory: .
+"""
+
+# Dagster 1.13 queues runs by default (QueuedRunCoordinator), which needs the daemon to launch
+# them. The DefaultRunCoordinator launches a run from the webserver itself, right away: the
+# webserver is all this test starts. (`dagster.core...` is the module path Dagster documents
+# for dagster.yaml.)
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: DefaultRunCoordinator
+"""
+
+# What the UI sends (ui-core's LAUNCH_PIPELINE_EXECUTION_MUTATION) when Materialize is clicked.
+LAUNCH_MUTATION = """
+mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { id runId pipelineName } }
+    ... on PipelineNotFoundError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message stack }
+  }
+}
+"""
+
+RUN_STATUS_QUERY = """
+query RunStatus($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { status assetSelection { path } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+LOCATIONS_QUERY = """
+{
+  workspaceOrError {
+    __typename
+    ... on Workspace { locationEntries { name loadStatus } }
+  }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, emulator: Any, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    config = {
+        "n_prompts": N_PROMPTS,
+        "storage_url": str(tmp_path / "store"),
+        "base_url": emulator.base_url,
+    }
+    (tmp_path / "defs.py").write_text(CODE_LOCATION.format(config=json.dumps(config)))
+    (tmp_path / "workspace.yaml").write_text(WORKSPACE)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TOGETHER_API_KEY", api_key)
+    return {"home": home, "config": config}
+
+
+class Webserver:
+    """A ``dagster-webserver`` subprocess and a GraphQL client for it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.log = log
+        # trust_env=False: no proxy from the environment between us and 127.0.0.1.
+        self.http = httpx.Client(base_url=url, timeout=30, trust_env=False)
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.http.post("/graphql", json={"query": query, "variables": variables or {}})
+        response.raise_for_status()
+        payload = response.json()
+        assert "errors" not in payload, payload["errors"]
+        return dict(payload["data"])
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture
+def webserver(tmp_path: Path, project: dict[str, Any]) -> Iterator[Webserver]:
+    port = _free_port()
+    log_path = tmp_path / "webserver.log"
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "dagster-webserver"),
+                "-w",
+                "workspace.yaml",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=str(tmp_path),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own process group: the code server and the run worker go down with it.
+            start_new_session=True,
+        )
+    server = Webserver(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        _wait_until_ready(server)
+        yield server
+    finally:
+        server.http.close()
+        _stop(proc)
+
+
+def _wait_until_ready(server: Webserver, timeout: float = 90.0) -> None:
+    """Until ``/server_info`` answers and the code location is loaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.proc.poll() is None, f"the webserver exited:\n{server.log_tail()}"
+        assert time.monotonic() < deadline, f"the webserver is not ready:\n{server.log_tail()}"
+        try:
+            if server.http.get("/server_info").status_code == 200:
+                entries = server.graphql(LOCATIONS_QUERY)["workspaceOrError"]["locationEntries"]
+                if [e["loadStatus"] for e in entries if e["name"] == LOCATION] == ["LOADED"]:
+                    return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.3)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the webserver's process group, then SIGKILL to whatever is left of it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@pytest.mark.timeout(180)
+def test_materialize_button_through_graphql_submits_one_batch(
+    webserver: Webserver, project: dict[str, Any], emulator: Any
+) -> None:
+    # The Materialize button on the prompts and the submit asset: the implicit asset job with
+    # an asset selection, exactly the variables the UI builds.
+    launched = webserver.graphql(
+        LAUNCH_MUTATION,
+        {
+            "executionParams": {
+                "mode": "default",
+                "runConfigData": {},
+                "executionMetadata": {"tags": []},
+                "selector": {
+                    "repositoryLocationName": LOCATION,
+                    "repositoryName": "__repository__",
+                    "pipelineName": "__ASSET_JOB",
+                    "assetSelection": [{"path": ["prompts"]}, {"path": ["docs_batches"]}],
+                    "assetCheckSelection": [],
+                },
+            }
+        },
+    )["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+
+    deadline = time.monotonic() + 90
+    while True:
+        run = webserver.graphql(RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
+        if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        assert time.monotonic() < deadline, f"run still {run['status']}:\n{webserver.log_tail()}"
+        time.sleep(0.5)
+    assert run["status"] == "SUCCESS", webserver.log_tail()
+    assert sorted(a["path"] for a in run["assetSelection"]) == [["docs_batches"], ["prompts"]]
+
+    # The emulator received exactly one batch, for every prompt.
+    [batch] = emulator.batches()
+    created = [r for r in emulator.requests if (r.method, r.path) == ("POST", "/v1/batches")]
+    assert len(created) == 1
+
+    with dg.DagsterInstance.from_config(str(project["home"])) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("docs_batches"))
+        assert event is not None and event.run_id == run_id
+        materialization = event.asset_materialization
+        assert materialization is not None
+        assert materialization.metadata["batch_ids"].value == [batch["id"]]
+        assert materialization.metadata["n_requests"].value == N_PROMPTS
+        # The batch is now a partition of the results asset, ready for the sensor.
+        assert instance.get_dynamic_partitions("docs_batches") == [batch["id"]]
