@@ -124,8 +124,10 @@ class _SensorLogHandler(logging.Handler):
         super().__init__(level=logging.INFO)
         self.say = say
         self.tick = tick
+        self.lines = 0
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.lines += 1
         self.say(f"   tick {self.tick:>3}: {record.getMessage()}")
 
 
@@ -156,7 +158,7 @@ def run_demo(
             API: the completion window is 24 h).
         poll_seconds: seconds between sensor ticks (1 s on the emulator, 30 s on a real API).
         out: where to print (default stdout).
-        verbose: also show Dagster's own console logs (runs and sensor).
+        verbose: also show Dagster's own console logs of the runs.
 
     Raises:
         DemoError: a run failed, the batches did not finish in time, or no API key.
@@ -260,7 +262,7 @@ def _run(
                 "sensor is on there) to collect them."
             )
         tick += 1
-        result = _tick(sensor, defs, instance, cursor, say, tick, verbose)
+        result = _tick(sensor, defs, instance, cursor, say, tick)
         if result is None:  # the tick failed (API down?): like the daemon, keep the cursor
             time.sleep(poll_seconds)
             continue
@@ -325,9 +327,9 @@ def _tick(
     cursor: str | None,
     say: _Printer,
     tick: int,
-    verbose: bool,
-) -> Any:
+) -> dg.SensorResult | dg.SkipReason | None:
     """One sensor evaluation; None when it raised (reported, like a failed daemon tick)."""
+    lines = _SensorLogHandler(say, tick)
     with dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -335,24 +337,25 @@ def _tick(
         # Direct invocation does not take resources from `definitions`: pass them as well.
         resources=defs.resources,
     ) as context:
-        log = context.log
-        if not verbose:
-            # Print the sensor's lines in the demo's format instead of Dagster's console one.
-            for handler in list(log.handlers):
-                log.removeHandler(handler)
-        log.addHandler(_SensorLogHandler(say, tick))
+        # The sensor's log lines in the demo's format instead of Dagster's console one.
+        for handler in list(context.log.handlers):
+            context.log.removeHandler(handler)
+        context.log.addHandler(lines)
         try:
             result = sensor(context)
         except Exception as exc:  # the daemon would record a failed tick and try again
-            say(f"   tick {tick:>3}: failed ({type(exc).__name__}: {exc}); trying again")
+            why = "" if lines.lines else f" ({type(exc).__name__}: {exc})"  # unless it said
+            say(f"   tick {tick:>3}: failed{why}; the next tick tries again")
             return None
-    if isinstance(result, dg.SkipReason) or (
-        isinstance(result, dg.SensorResult) and not result.run_requests and result.skip_reason
-    ):
-        reason = result if isinstance(result, dg.SkipReason) else result.skip_reason
-        if verbose and reason is not None:
-            say(f"   tick {tick:>3}: skipped: {reason.skip_message}")
-    return result
+    if isinstance(result, dg.SensorResult) and result.skip_reason is None:
+        return result
+    skip = result if isinstance(result, dg.SkipReason) else getattr(result, "skip_reason", None)
+    if lines.lines == 0 and isinstance(skip, dg.SkipReason):
+        # Nothing logged (e.g. the results run is in progress elsewhere): say why it waits.
+        say(f"   tick {tick:>3}: skipped: {skip.skip_message}")
+    if isinstance(result, dg.SensorResult | dg.SkipReason):
+        return result
+    raise DemoError(f"The sensor returned {type(result).__name__}; expected a SensorResult.")
 
 
 def _failure(result: Any) -> str:
@@ -410,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "emulator, 26 h on a real API)",
     )
     parser.add_argument("--poll-seconds", type=float, default=None, help="between sensor ticks")
-    parser.add_argument("--verbose", action="store_true", help="show Dagster's own logs too")
+    parser.add_argument("--verbose", action="store_true", help="show the runs' Dagster logs too")
     args = parser.parse_args(argv)
     # The demo's instance is the one `make dev` opens afterwards.
     os.environ.setdefault("DAGSTER_HOME", str(DEMO_DIR / "dagster_home"))

@@ -30,6 +30,9 @@ _SHUTDOWN_SECONDS = 30.0
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the emulator if needed, run ``dagster dev`` until it exits, clean up after it."""
     extra = list(sys.argv[1:] if argv is None else argv)
+    # Started with SIGINT ignored (`make dev &` in a script, nohup), Python would ignore Ctrl-C
+    # and so would dagster dev: an ignored signal stays ignored across exec, a handled one not.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     home = prepare_dagster_home(os.environ.get("DAGSTER_HOME") or DEMO_DIR / "dagster_home")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     emulator = None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
@@ -217,3 +218,63 @@ def test_local_emulator_start_and_stop_in_process(tmp_path: Path, emulator_port:
         assert local_emulator.stop_emulator(emu)
     assert not local_emulator.emulator_is_up(emulator_port)
     assert not (tmp_path / "state" / "emulator.pid").exists()
+
+
+@pytest.mark.timeout(120)
+def test_make_dev_serves_the_example_and_shuts_down(
+    emulator: Any, api_key: str, tmp_path: Path
+) -> None:
+    """``python -m example_project.dev``: dagster dev on the example, stopped like ``kill``."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TOGETHER_BASE_URL": emulator.base_url,  # no local emulator: nothing on port 8765
+        "TOGETHER_API_KEY": api_key,
+        "TOGETHER_OUTPUT_URL": str(tmp_path / "out"),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    log_path = tmp_path / "dev.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "example_project.dev", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=str(REPO_ROOT),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        query = {
+            "query": "{ repositoriesOrError { ... on RepositoryConnection { nodes { "
+            "location { name } sensors { name sensorState { status } } } } } }"
+        }
+        deadline = time.monotonic() + 90
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as http:
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+                try:
+                    nodes = http.post("/graphql", json=query).json()["data"]
+                    nodes = nodes["repositoriesOrError"]["nodes"]
+                    if nodes:
+                        break
+                except (httpx.TransportError, KeyError, TypeError, ValueError):
+                    pass
+                time.sleep(0.5)
+        [repo] = nodes
+        assert repo["location"]["name"] == "example_project"  # from pyproject's [tool.dagster]
+        assert repo["sensors"] == [
+            {"name": "reviews_batch_sensor", "sensorState": {"status": "RUNNING"}}
+        ]
+        assert (tmp_path / "dagster_home" / "dagster.yaml").exists()
+
+        proc.send_signal(signal.SIGTERM)  # `kill <pid>`: shut down the way Ctrl-C does
+        proc.wait(60)
+        assert "Dagster services shut down" in log_path.read_text()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
