@@ -81,10 +81,10 @@ REQUEST_COLUMNS = ("request_model", "prompt", "request")
 """Input columns made from a request JSONL file: the body's model, the last user message (or the
 completions prompt), and the raw request line."""
 
-_READ_SIZE = 8 * 1024 * 1024  # bytes per block of lines
-_PARSE_BLOCK = 2 * 1024 * 1024  # pyarrow's unit of parallel parsing inside a block
+_READ_SIZE = 4 * 1024 * 1024  # bytes per block of lines
+_PARSE_BLOCK = 1024 * 1024  # pyarrow's unit of parallel parsing inside a block
 _BUCKET_BYTES = 4 * 1024 * 1024  # output bytes per bucket: what one assembly step holds
-_ROW_GROUP_BYTES = 16 * 1024 * 1024  # buckets are gathered into row groups of about this size
+_ROW_GROUP_BYTES = 8 * 1024 * 1024  # buckets are gathered into row groups of about this size
 _MAX_BUCKETS = 256
 _SLOW_LINES = 32  # below this many lines a failing block is read line by line
 _MAX_RECORDED = 100  # malformed lines / id examples kept in the summary
@@ -241,6 +241,7 @@ def join_results(
             for rows in _read_results(location, opts, report):
                 buckets.add(rows, ins, report)
         buckets.close_writers()
+        ins.forget_ids()  # the lookups are done: the biggest per-input structure can go
         _give_back_memory()
         summary = _assemble(ins, buckets, destination, opts, default_status, report)
     finally:
@@ -394,19 +395,22 @@ _DONE = object()
 
 
 def _prefetch(items: Iterator[Any]) -> Iterator[Any]:
-    """Yield ``items``, produced by a background thread one item ahead."""
+    """Yield ``items``, produced by a background thread one item ahead.
+
+    A hand-over, not a buffer: the thread starts on the next item once the current one is
+    taken, so at most two items are alive (memory stays at two blocks).
+    """
     slot: queue.Queue[Any] = queue.Queue(maxsize=1)
     stop = threading.Event()
+    taken = threading.Event()
 
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        slot.put(item, timeout=0.05)
-                        break
-                    except queue.Full:
-                        continue
+                slot.put(item)
+                while slot.unfinished_tasks and not stop.is_set():
+                    taken.wait(0.05)  # until the consumer has it
+                taken.clear()
                 if stop.is_set():
                     return
             slot.put(_DONE)
@@ -418,11 +422,14 @@ def _prefetch(items: Iterator[Any]) -> Iterator[Any]:
     try:
         while True:
             item = slot.get()
+            slot.task_done()
+            taken.set()
             if item is _DONE:
                 return
             if isinstance(item, _Failed):
                 raise item.exc
             yield item
+            del item
     finally:
         stop.set()
         while thread.is_alive():  # let a blocked producer finish
@@ -643,6 +650,9 @@ class _Inputs:
                     f"{where}: custom_id {self.sorted_ids[first].as_py()!r} appears more than once "
                     "in the inputs; results cannot be joined to it unambiguously."
                 )
+
+    def forget_ids(self) -> None:
+        self.sorted_ids = self.order = None
 
     def lookup(self, ids: Any) -> Any:
         """Input position of each id (int64), null where the id is not an input."""
@@ -1308,10 +1318,9 @@ class _Buckets:
 
         if bucket not in self.writers:
             return None
-        with pa.OSFile(self.path(bucket)) as source:
-            table = ipc.open_stream(source).read_all()
-        os.remove(self.path(bucket))
-        return table
+        # Memory-mapped: the caller's one copy (combine_chunks) reads straight from the page
+        # cache; the mapping goes away with the table. The file goes with the spill directory.
+        return ipc.open_stream(pa.memory_map(self.path(bucket))).read_all()
 
 
 def _first_of_runs(values: Any) -> Any:
