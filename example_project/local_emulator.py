@@ -164,6 +164,9 @@ def ensure_emulator(
                 stderr=subprocess.STDOUT,
                 # Its own session: signals to our process group (Ctrl-C) do not reach it.
                 start_new_session=True,
+                # close_fds (the default) matters: an inherited lock descriptor would keep the
+                # lock held for as long as the emulator lives.
+                close_fds=True,
                 cwd=str(REPO_ROOT),
             )
         _STARTED[proc.pid] = proc
@@ -171,6 +174,8 @@ def ensure_emulator(
         deadline = time.monotonic() + start_timeout
         while not emulator_is_up(port, timeout=0.2):
             if proc.poll() is not None:
+                _STARTED.pop(proc.pid, None)
+                pid_file.unlink(missing_ok=True)
                 raise RuntimeError(
                     f"The local Together emulator exited with code {proc.returncode} before it "
                     f"answered on port {port} (is the port taken?). Log {log_file}:\n"

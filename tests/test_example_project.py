@@ -205,6 +205,7 @@ def test_local_emulator_explains_a_taken_port(tmp_path: Path) -> None:
         port = int(sock.getsockname()[1])
         with pytest.raises(RuntimeError, match=f"exited with code .* port {port}"):
             local_emulator.ensure_emulator(port=port, state_dir=tmp_path, start_timeout=20)
+        assert not (tmp_path / "emulator.pid").exists()
 
 
 def test_local_emulator_start_and_stop_in_process(tmp_path: Path, emulator_port: int) -> None:
