@@ -1,0 +1,263 @@
+"""``TogetherBatchComponent`` loaded from ``defs.yaml`` the way a Dagster project loads it (a
+defs folder sandbox), then run end to end against the emulator: submit, a real sensor tick, the
+results run launched from its run request."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import yaml
+from dagster.components.testing import DefsFolderSandbox, create_defs_folder_sandbox
+
+import dagster_together
+from dagster_together.components import TogetherBatchComponent
+
+TYPE = "dagster_together.components.TogetherBatchComponent"
+
+PROMPTS_PY = """
+import dagster as dg
+import pyarrow as pa
+
+
+@dg.asset
+def reviews() -> pa.Table:
+    return pa.table(
+        {"review_id": [1, 2, 3], "text": ["Great!", "Broke after a day.", "It is a lamp."]}
+    )
+"""
+
+RESOURCES_PY = """
+import dagster as dg
+from dagster_together import TogetherResource
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={
+            "together_eu": TogetherResource(
+                api_key=dg.EnvVar("TOGETHER_EU_KEY"), base_url="https://eu.example.invalid/v1"
+            )
+        }
+    )
+"""
+
+
+@pytest.fixture
+def sandbox() -> Iterator[DefsFolderSandbox]:
+    with create_defs_folder_sandbox() as box:
+        yield box
+
+
+def write_component(sandbox: DefsFolderSandbox, folder: str, attributes: dict[str, Any]) -> Path:
+    path = sandbox.defs_folder_path / folder
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "defs.yaml").write_text(yaml.safe_dump({"type": TYPE, "attributes": attributes}))
+    return path
+
+
+def write_yaml(sandbox: DefsFolderSandbox, folder: str, text: str) -> Path:
+    path = sandbox.defs_folder_path / folder
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "defs.yaml").write_text(textwrap.dedent(text))
+    return path
+
+
+def wait_terminal(emulator: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [b["status"] for b in emulator.batches()]
+        if statuses and all(s in ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED") for s in statuses):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"batches not finished in time: {emulator.batches()}")
+
+
+def test_defs_yaml_loads_and_runs_end_to_end(
+    sandbox: DefsFolderSandbox,
+    emulator: Any,
+    api_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Names the library would fall back to are unset: the YAML settings alone must reach the API.
+    monkeypatch.delenv("TOGETHER_API_KEY", raising=False)
+    monkeypatch.delenv("TOGETHER_BASE_URL", raising=False)
+    monkeypatch.setenv("MY_TOGETHER_KEY", api_key)
+    monkeypatch.setenv("MY_TOGETHER_URL", emulator.base_url)
+    (sandbox.defs_folder_path / "prompts.py").write_text(PROMPTS_PY)
+    write_yaml(
+        sandbox,
+        "together",
+        f"""
+        type: {TYPE}
+        attributes:
+          name: reviews
+          prompts: reviews
+          storage_url: {tmp_path / "store"}
+          template:
+            model: meta-llama/Llama-3.3-70B-Instruct-Turbo
+            prompt_column: text
+            system_prompt: "Classify the sentiment: positive, negative or neutral."
+            body: {{max_tokens: 5}}
+          id_column: review_id
+          group_name: together
+          minimum_interval_seconds: 30
+          resource:
+            api_key: {{env: MY_TOGETHER_KEY}}
+            base_url: "{{{{ env.MY_TOGETHER_URL }}}}"
+        """,
+    )
+
+    with sandbox.build_all_defs() as defs:
+        dg.Definitions.validate_loadable(defs)
+        keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+        assert keys == {"reviews", "reviews_batches", "reviews_results"}
+        submit_def = defs.resolve_assets_def("reviews_batches")
+        assert submit_def.group_names_by_key[submit_def.key] == "together"
+        sensor = defs.resolve_sensor_def("reviews_batch_sensor")
+        assert sensor.minimum_interval_seconds == 30
+        results_job = defs.resolve_job_def("reviews_results_job")
+        together = (defs.resources or {})["together"]
+        # The key stays an environment variable reference: never a literal in the UI's config.
+        assert isinstance(together.api_key, dg.EnvVar)
+        assert together.api_key.env_var_name == "MY_TOGETHER_KEY"
+        assert together.base_url == emulator.base_url
+
+        with dg.instance_for_test() as instance:
+            # Assets resolved from the definitions come with the component's resource bound.
+            submitted = dg.materialize(
+                [defs.resolve_assets_def("reviews"), submit_def], instance=instance
+            )
+            assert submitted.success
+            [mat] = submitted.asset_materializations_for_node(submit_def.node_def.name)
+            [batch_id] = mat.metadata["batch_ids"].value
+            wait_terminal(emulator)
+
+            with dg.build_sensor_context(
+                instance=instance, definitions=defs, resources=defs.resources
+            ) as context:
+                tick = sensor(context)
+            assert isinstance(tick, dg.SensorResult)
+            [request] = tick.run_requests or []
+            assert request.partition_key == batch_id
+
+            collected = results_job.execute_in_process(
+                instance=instance, partition_key=request.partition_key, tags=request.tags
+            )
+            assert collected.success
+            [result_mat] = collected.asset_materializations_for_node("reviews_results")
+            assert result_mat.metadata["dagster/row_count"].value == 3
+            assert result_mat.metadata["n_succeeded"].value == 3
+            checks = {e.check_name: e.passed for e in collected.get_asset_check_evaluations()}
+            assert checks == {"completeness": True, "error_rate": True}
+
+
+def test_components_share_one_resource_unless_told_otherwise(sandbox: DefsFolderSandbox) -> None:
+    (sandbox.defs_folder_path / "prompts.py").write_text(PROMPTS_PY)
+    base = {"prompts": "reviews", "storage_url": "/tmp/unused"}
+    # Two components with the default settings in one project: one shared resource, no clash.
+    write_component(sandbox, "a", {**base, "name": "a"})
+    write_component(sandbox, "b", {**base, "name": "b", "key_prefix": ["llm"]})
+    # One that uses a resource the project defines itself, in defs/resources.py.
+    (sandbox.defs_folder_path / "resources.py").write_text(RESOURCES_PY)
+    write_component(
+        sandbox,
+        "c",
+        {**base, "name": "c", "resource_key": "together_eu", "provide_resource": False},
+    )
+    with sandbox.build_all_defs() as defs:
+        resources = defs.resources or {}
+        assert set(resources) == {"together", "together_eu"}
+        assert resources["together"].api_key.env_var_name == "TOGETHER_API_KEY"
+        assert resources["together_eu"].base_url == "https://eu.example.invalid/v1"
+        keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
+        assert {"a_batches", "llm/b_batches", "llm/b_results", "c_results"} <= keys
+        assert defs.resolve_sensor_def("llm__b_batch_sensor")
+        assert defs.resolve_sensor_def("c_batch_sensor").required_resource_keys == {"together_eu"}
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"max_eror_rate": 0.1}, "max_eror_rate"),  # a typo is an error, not ignored
+        ({"resource": {"api_key": {"env": "K", "default": "x"}}}, "default"),
+        (
+            {
+                "endpoint": "/v1/audio/transcriptions",
+                "template": {"model": "m", "prompt_column": "t"},
+            },
+            "not supported",
+        ),
+        ({"template": {"model": "m", "prompt_column": "t", "body": {"model": "x"}}}, "may not set"),
+        ({"provide_resource": False, "resource": {"base_url": "http://x"}}, "provide_resource"),
+    ],
+)
+def test_yaml_mistakes_fail_when_the_definitions_load(
+    sandbox: DefsFolderSandbox, attributes: dict[str, Any], message: str
+) -> None:
+    write_component(
+        sandbox, "bad", {"name": "r", "prompts": "reviews", "storage_url": "/tmp/x", **attributes}
+    )
+    with pytest.raises(Exception) as raised:
+        with sandbox.build_all_defs():
+            pass
+    # Dagster wraps the error in one that names the defs.yaml; ours is the cause.
+    texts, error = [], raised.value
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert message in "\n".join(texts)
+
+
+def test_scaffolded_defs_yaml_loads(sandbox: DefsFolderSandbox) -> None:
+    path = sandbox.scaffold_component(component_cls=TogetherBatchComponent, defs_path="summaries")
+    # The scaffold reads a table asset called `prompts`: the user's to write.
+    (sandbox.defs_folder_path / "prompts.py").write_text(PROMPTS_PY.replace("reviews", "prompts"))
+    written = yaml.safe_load((path / "defs.yaml").read_text())
+    assert written["attributes"]["resource"] == {"api_key": {"env": "TOGETHER_API_KEY"}}
+    with sandbox.build_component_tree() as tree:
+        component = tree.load_component(path)
+        assert isinstance(component, TogetherBatchComponent)
+        assert str(sandbox.project_root.resolve()) in component.storage_url
+        assert tree.build_defs().resolve_job_def("summaries_results_job")
+
+
+def test_component_import_loads_nothing_heavy() -> None:
+    code = (
+        "import sys, json; import dagster; before = set(sys.modules); "
+        "import dagster_together.components; "
+        "print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = ("httpx", "pyarrow", "fsspec", "s3fs", "botocore", "pandas")
+    assert [m for m in json.loads(out.stdout) if m.startswith(heavy)] == []
+
+
+@pytest.mark.skipif(
+    not hasattr(dagster_together, "TogetherBatchComponent"),
+    reason="dagster_together/__init__.py does not re-export TogetherBatchComponent yet",
+)
+def test_discovered_through_the_registry_entry_point() -> None:
+    """What `dg list components` does: load each `dagster_dg_cli.registry_modules` entry point
+    and list its attributes that are component types."""
+    from importlib.metadata import entry_points
+
+    [entry_point] = [
+        ep
+        for ep in entry_points(group="dagster_dg_cli.registry_modules")
+        if ep.name == "dagster_together"
+    ]
+    module = entry_point.load()
+    found = {name for name in dir(module) if hasattr(getattr(module, name), "__dg_package_entry__")}
+    assert found == {"TogetherBatchComponent"}
+    assert module.TogetherBatchComponent is TogetherBatchComponent
