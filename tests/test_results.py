@@ -556,3 +556,17 @@ def test_many_blocks_and_buckets_match_a_plain_join(
     assert got == _oracle(inputs, lines, "cancelled")
     assert summary.n_malformed_lines == 6 and summary.unknown_ids == 2
     assert summary.n_rows == 600 and pq.ParquetFile(summary.destination).metadata.num_row_groups > 1
+
+
+def test_inputs_as_several_request_files(tmp_path: Path) -> None:
+    first = write_jsonl(tmp_path / "requests-00000.jsonl", [request("a"), request("b")])
+    second = write_jsonl(tmp_path / "requests-00001.jsonl", [request("c")])
+    outputs = write_jsonl(tmp_path / "o.jsonl", [output("c", "C"), output("a", "A")])
+    summary = join_results(
+        inputs=[first, second], outputs=outputs, destination=tmp_path / "r.parquet"
+    )
+    assert [(r["custom_id"], r["content"]) for r in read(summary)] == [
+        ("a", "A"),
+        ("b", None),
+        ("c", "C"),
+    ]
