@@ -43,14 +43,14 @@ COMPLETENESS_CHECK = "completeness"
 ERROR_RATE_CHECK = "error_rate"
 """Asset check: the share of inputs without a successful answer is at most ``max_error_rate``."""
 
-# A batch in one of these states will never produce results: a re-submit of the same input
-# must create a new batch rather than reuse it.
 DEFAULT_RESULTS_RETRY_POLICY = dg.RetryPolicy(
     max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL
 )
 """Retries of the results step: it is idempotent (downloads and the join overwrite), and a
 storage or network hiccup after the client's own HTTP retries should not need a human."""
 
+# A batch in one of these states will never produce results: a re-submit of the same input
+# must create a new batch rather than reuse it.
 _NOT_REUSABLE = frozenset({"FAILED", "EXPIRED", "CANCELLED", "CANCELING"})
 _PREVIEW_ROWS = 5
 _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -109,7 +109,7 @@ def together_batch_assets(
     storage_options: Mapping[str, Any] | None = None,
     template: "RequestTemplate | None" = None,
     id_column: str | None = None,
-    endpoint: str = "/v1/chat/completions",
+    endpoint: str | None = None,
     completion_window: str = "24h",
     max_requests_per_batch: int = 50_000,
     max_bytes_per_batch: int | None = None,
@@ -137,7 +137,8 @@ def together_batch_assets(
         storage_options: fsspec options for ``storage_url`` (credentials, endpoint).
         template: builds bodies from a prompt column (model, system prompt, extra fields).
         id_column: the column whose values become ``custom_id`` (with ``template``).
-        endpoint: the endpoint every request targets.
+        endpoint: the endpoint every request targets. None: the template's endpoint, else
+            ``/v1/chat/completions``.
         completion_window: the batch completion window (the API knows ``"24h"``).
         max_requests_per_batch: requests per batch, at most the API's 50,000.
         max_bytes_per_batch: bytes per batch input file; None for the API's 100 MB.
@@ -196,6 +197,13 @@ def together_batch_assets(
     if not 0.0 <= max_error_rate <= 1.0:
         raise ValueError(f"max_error_rate must be between 0 and 1, got {max_error_rate}.")
     prompts_key = _asset_key_of(prompts)
+    if endpoint is None:
+        endpoint = template.endpoint if template is not None else "/v1/chat/completions"
+    elif template is not None and template.endpoint != endpoint:
+        raise ValueError(
+            f"endpoint={endpoint!r} contradicts the template's endpoint {template.endpoint!r}; "
+            "set it in one place."
+        )
     prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
     # Partition definitions are global to the instance: the key prefix keeps two pipelines with
     # the same name apart.
@@ -285,7 +293,6 @@ def together_batch_assets(
     results_job = dg.define_asset_job(
         name=f"{'__'.join([*prefix, name])}_results_job",
         selection=dg.AssetSelection.assets(results_key),
-        partitions_def=partitions_def,
         description=f"Joins the results of one batch into {results_key.to_user_string()}.",
     )
     sensor = together_batch_sensor(
