@@ -39,6 +39,7 @@ from dagster_together.client.errors import (
     TogetherError,
 )
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject, FileResponse
+from dagster_together.components import TogetherBatchComponent
 from dagster_together.resources import TogetherResource
 from dagster_together.sensors import together_batch_sensor
 from dagster_together.storage import BatchStorageLayout
@@ -103,6 +104,7 @@ __all__ = [
     "RequestFileStats",
     "RequestTemplate",
     "ServerError",
+    "TogetherBatchComponent",
     "TogetherBatchDefs",
     "TogetherClient",
     "TogetherError",

@@ -21,16 +21,13 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    # example_project is not an installed package: `make demo` and `dagster dev` run it from the
-    # repository root, which the `pytest` entry point does not put on sys.path.
-    sys.path.insert(0, str(REPO_ROOT))
+from dagster_together.results import STATUSES
+from example_project import local_emulator, pipeline
+from example_project.demo import run_demo
+from example_project.reviews import make_reviews
 
-from dagster_together.results import STATUSES  # noqa: E402
-from example_project import local_emulator, pipeline  # noqa: E402
-from example_project.demo import run_demo  # noqa: E402
-from example_project.reviews import make_reviews  # noqa: E402
+# example_project is not installed: pytest's `pythonpath = ["."]` puts the repo on sys.path.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 N_REVIEWS = 300
 
