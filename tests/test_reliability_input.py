@@ -270,6 +270,8 @@ def test_bad_input_is_refused_by_upload_before_any_request(
     assert bad.where in message, f"{bad.where!r} not in {message!r}"
     assert bad.fix in message, f"{bad.fix!r} not in {message!r}"
     assert emulator.requests == []  # nothing reached the API: nothing to pay for
+    if path.is_file():
+        path.unlink()  # up to 108 MB: do not keep it in pytest's retained tmp dirs
 
 
 def test_the_table_covers_every_case_of_issue_5() -> None:
