@@ -1,0 +1,99 @@
+"""What every figure gets: the sizes for this run, a scratch directory, and shared measurements."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.data import OUT_DIR
+from bench.report import Row
+
+__all__ = ["FULL", "QUICK", "Context", "Figure", "Sizes"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of one run (full: as the targets say; quick: a smoke run in about a minute)."""
+
+    join_n: int  # requests in the join figures
+    flat_ns: tuple[int, ...]  # requests at which the join's peak RSS must stay flat
+    pandas_n: int  # requests for the hand-written pandas way
+    big_bytes: int  # the file downloaded by retrieve_content
+    upload_bytes: int  # the input file uploaded
+    upload_lines: int
+    sensor_batches: int  # batches in flight during one sensor tick
+    asset_n: int  # requests in the batch of the results-asset figure
+    backfill_partitions: int
+    backfill_n: int  # requests per backfilled batch
+    repeats: int  # best of N for short measurements
+
+
+FULL = Sizes(
+    join_n=300_000,
+    flat_ns=(50_000, 300_000, 1_000_000),
+    pandas_n=300_000,
+    big_bytes=1_000_000_000,
+    upload_bytes=100_000_000,
+    upload_lines=50_000,
+    sensor_batches=1_000,
+    asset_n=50_000,
+    backfill_partitions=20,
+    backfill_n=50_000,
+    repeats=3,
+)
+
+QUICK = Sizes(
+    join_n=30_000,
+    flat_ns=(10_000, 30_000, 100_000),
+    pandas_n=30_000,
+    big_bytes=100_000_000,
+    upload_bytes=20_000_000,
+    upload_lines=10_000,
+    sensor_batches=200,
+    asset_n=5_000,
+    backfill_partitions=20,
+    backfill_n=2_000,
+    repeats=1,
+)
+
+
+@dataclass
+class Context:
+    """Per-run state handed to every figure."""
+
+    sizes: Sizes
+    quick: bool
+    scratch: Path = field(default_factory=lambda: _scratch())
+    _memo: dict[str, Any] = field(default_factory=dict)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per run: figures share measurements (e.g. the 300k join runs)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def path(self, name: str) -> Path:
+        """A fresh path in the scratch directory (nothing there yet)."""
+        target = self.scratch / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        return target
+
+    def close(self) -> None:
+        """Remove the scratch directory."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _scratch() -> Path:
+    root = OUT_DIR / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="run-", dir=root))
+
+
+Figure = Callable[[Context], list[Row]]

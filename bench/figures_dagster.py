@@ -1,0 +1,366 @@
+"""The Dagster layer: one sensor tick over 1,000 batches in flight, ``import dagster_together``,
+the results asset beside the same work called directly, and a 20-partition backfill.
+
+Batches are real emulator batches (created with ``POST /batches`` and finished through the
+emulator's admin endpoint); the request files are put where the submit asset would have put
+them, so the results asset does exactly what it does after a real submit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from bench import data
+from bench.context import Context
+from bench.measure import run_command, run_task, timed
+from bench.report import Row, seconds, times
+from bench.servers import API_KEY, EmulatorProcess
+
+__all__ = ["FIGURES"]
+
+NAME = "bench"  # the pipeline's name: assets bench_batches / bench_results
+FAIL_PATTERN = r"(?:07|44|81)$"  # about 3 % of the requests fail into the error file
+HEAVY = ("pyarrow", "s3fs", "httpx", "pandas", "fsspec")
+
+
+# -- helpers used inside child processes --------------------------------------------------------
+def _bundle(storage_url: str) -> Any:
+    """The pipeline as a user would declare it (the prompts asset is not needed here)."""
+    from dagster_together.assets import together_batch_assets
+
+    return together_batch_assets(name=NAME, prompts="bench_prompts", storage_url=storage_url)
+
+
+def _resources(base_url: str) -> dict[str, Any]:
+    from dagster_together.resources import TogetherResource
+
+    return {"together": TogetherResource(api_key=API_KEY, base_url=base_url)}
+
+
+def _preimport() -> None:
+    """What both sides of a comparison import before their clock starts."""
+    import pyarrow.compute  # noqa: F401
+    import pyarrow.ipc  # noqa: F401
+    import pyarrow.json  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    import dagster_together.client.core  # noqa: F401
+    import dagster_together.results  # noqa: F401
+
+
+def _stage_inputs(bundle: Any, batch_ids: list[str], inputs: str) -> None:
+    """Put the request file where the submit asset keeps it (hardlinked: instant)."""
+    for batch_id in batch_ids:
+        target = bundle.layout.input_jsonl(batch_id)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.exists(target):
+            os.link(inputs, target)
+
+
+def _run_partition(base_url: str, storage_url: str, batch_id: str) -> dict[str, Any]:
+    """Materialise one results partition in this process against ``DagsterInstance.get()``."""
+    import dagster as dg
+
+    bundle = _bundle(storage_url)
+    with dg.DagsterInstance.get() as instance, timed() as t:
+        result = dg.materialize(
+            [bundle.results_asset],
+            partition_key=batch_id,
+            instance=instance,
+            resources=_resources(base_url),
+        )
+    [mat] = result.asset_materializations_for_node(bundle.results_asset.node_def.name)
+    passed = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    return {
+        "batch_id": batch_id,
+        "seconds": t["seconds"],
+        "success": result.success,
+        "rows": mat.metadata["dagster/row_count"].value,
+        "complete": bool(passed.get("completeness")),
+        "pid": os.getpid(),
+    }
+
+
+# -- child tasks ---------------------------------------------------------------------------------
+def task_sensor_ticks(base_url: str, ids_file: str, home: str, ticks: int) -> dict[str, Any]:
+    """``ticks`` evaluations of the batch sensor with every batch of ``ids_file`` in flight."""
+    os.environ["DAGSTER_HOME"] = home
+    import dagster as dg
+
+    from bench.servers import EmulatorClient
+
+    ids = json.loads(Path(ids_file).read_text())
+    bundle = _bundle(os.path.join(home, "store"))
+    resources = _resources(base_url)
+    prompts = dg.AssetSpec("bench_prompts")  # upstream of the submit asset: declared only
+    defs = dg.Definitions.merge(bundle.defs, dg.Definitions(assets=[prompts], resources=resources))
+    admin = EmulatorClient(base_url.removesuffix("/v1"))
+    out: dict[str, Any] = {"seconds": [], "requests": [], "run_requests": []}
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(bundle.partitions_def.name, ids)
+        for _ in range(ticks):
+            admin.clear_requests()
+            with (
+                dg.build_sensor_context(
+                    instance=instance, definitions=defs, resources=resources
+                ) as context,
+                timed() as t,
+            ):
+                result = bundle.sensor(context)
+            out["seconds"].append(t["seconds"])
+            out["requests"].append([f"{r['method']} {r['path']}" for r in admin.requests()])
+            run_requests = getattr(result, "run_requests", None) or []
+            out["run_requests"].append(len(run_requests))
+    return out
+
+
+def task_import_check(module: str) -> dict[str, Any]:
+    """Which heavy libraries ``import module`` loads."""
+    import importlib
+
+    importlib.import_module(module)
+    return {"loaded": sorted(m for m in HEAVY if m in sys.modules)}
+
+
+def task_results_dagster(base_url: str, batch_id: str, inputs: str, home: str) -> dict[str, Any]:
+    """The results asset for one batch, materialised through Dagster (in process)."""
+    os.environ["DAGSTER_HOME"] = home
+    import dagster as dg
+
+    _preimport()
+    storage = os.path.join(home, "store")
+    bundle = _bundle(storage)
+    _stage_inputs(bundle, [batch_id], inputs)
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(bundle.partitions_def.name, [batch_id])
+    result = _run_partition(base_url, storage, batch_id)
+    shutil.rmtree(storage, ignore_errors=True)
+    return result
+
+
+def task_results_direct(base_url: str, batch_id: str, inputs: str, workdir: str) -> dict[str, Any]:
+    """The same work without Dagster: get the batch, retrieve both files, join."""
+    import dagster_together.client.core as core
+
+    _preimport()
+    from dagster_together.results import join_results
+
+    os.makedirs(workdir, exist_ok=True)
+    client = core.TogetherClient(api_key=API_KEY, base_url=base_url)
+    with timed() as t:
+        job = client.batches.get_batch(batch_id)
+        output = client.files.retrieve_content(
+            str(job.output_file_id), output=os.path.join(workdir, "output.jsonl"), progress=False
+        )
+        errors = client.files.retrieve_content(
+            str(job.error_file_id), output=os.path.join(workdir, "errors.jsonl"), progress=False
+        )
+        summary = join_results(
+            inputs=inputs,
+            outputs=[output.filename],
+            errors=[errors.filename],
+            destination=os.path.join(workdir, "results.parquet"),
+            batch_status=str(job.status),
+        )
+    client.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {"seconds": t["seconds"], "rows": summary.n_rows, "complete": summary.complete}
+
+
+def task_backfill(
+    base_url: str, batch_ids: list[str], inputs: str, home: str, workers: int
+) -> dict[str, Any]:
+    """Every partition of ``batch_ids`` as one run each, ``workers`` processes at a time."""
+    os.environ["DAGSTER_HOME"] = home
+    import dagster as dg
+
+    storage = os.path.join(home, f"store-{workers}")
+    bundle = _bundle(storage)
+    _stage_inputs(bundle, batch_ids, inputs)
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(bundle.partitions_def.name, batch_ids)
+    with timed() as t:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            n = len(batch_ids)
+            runs = list(pool.map(_run_partition, [base_url] * n, [storage] * n, batch_ids))
+    shutil.rmtree(storage, ignore_errors=True)
+    return {"seconds": t["seconds"], "runs": runs}
+
+
+# -- figures -------------------------------------------------------------------------------------
+def _home(ctx: Context, name: str) -> str:
+    """A fresh DAGSTER_HOME (an empty dagster.yaml: the default SQLite storage inside it)."""
+    home = ctx.path(name)
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return str(home)
+
+
+def sensor_tick(ctx: Context) -> list[Row]:
+    """One sensor tick while ``sensor_batches`` batches are in flight."""
+    n = ctx.sizes.sensor_batches
+    with EmulatorProcess(run_seconds=24 * 3600) as emu:
+        input_id = emu.add_file(data.join_data(10).inputs, purpose="batch-api")
+        ids = [emu.create_batch(input_id) for _ in range(n)]
+        ids_file = ctx.path("batch-ids.json")
+        ids_file.write_text(json.dumps(ids))
+        result = run_task(
+            task_sensor_ticks,
+            base_url=emu.base_url,
+            ids_file=str(ids_file),
+            home=_home(ctx, "sensor-home"),
+            ticks=3,
+        )
+    worst = max(result["seconds"])
+    calls = max(len(r) for r in result["requests"])
+    passed = worst <= 2.0 and all(r == ["GET /v1/batches"] for r in result["requests"])
+    return [
+        Row(
+            name="sensor_tick",
+            figure=f"one sensor tick, {n:,} batches in flight",
+            ours=f"{seconds(worst)}, {calls} HTTP request(s)",
+            reference="-",
+            ratio="-",
+            target="1 request, <= 2 s",
+            passed=passed and not any(result["run_requests"]),
+            values={
+                "tick_seconds": result["seconds"],
+                "requests": result["requests"],
+                "run_requests": result["run_requests"],
+                "note": "worst of the ticks (the first includes creating the client)",
+            },
+        )
+    ]
+
+
+def import_time(ctx: Context) -> list[Row]:
+    """``import dagster_together`` vs ``import dagster`` in fresh interpreters, best of N."""
+    rounds = max(5, ctx.sizes.repeats * 3)
+    ours: list[float] = []
+    ref: list[float] = []
+    for _ in range(rounds):
+        ours.append(run_command([sys.executable, "-c", "import dagster_together"]).seconds)
+        ref.append(run_command([sys.executable, "-c", "import dagster"]).seconds)
+    bare = min(run_command([sys.executable, "-c", "pass"]).seconds for _ in range(3))
+    loaded = run_task(task_import_check, module="dagster_together")["loaded"]
+    ratio = min(ours) / min(ref)
+    return [
+        Row(
+            name="import",
+            figure="import dagster_together",
+            ours=seconds(min(ours)) + (f" (loads {', '.join(loaded)})" if loaded else ""),
+            reference=f"{seconds(min(ref))} (import dagster)",
+            ratio=times(ratio),
+            target="<= 1.2x, no pyarrow/s3fs/httpx",
+            passed=ratio <= 1.2 and not {"pyarrow", "s3fs", "httpx"} & set(loaded),
+            values={
+                "ours_seconds": ours,
+                "dagster_seconds": ref,
+                "bare_interpreter_seconds": bare,
+                "heavy_modules_loaded": loaded,
+                "note": "process wall time of python -c 'import ...', interpreter start included",
+            },
+        )
+    ]
+
+
+def _finished_batches(emu: EmulatorProcess, inputs: Path, count: int) -> list[str]:
+    input_id = emu.add_file(inputs, purpose="batch-api")
+    ids = [emu.create_batch(input_id) for _ in range(count)]
+    for batch_id in ids:
+        emu.finish_batch(batch_id)
+    return ids
+
+
+def results_asset(ctx: Context) -> list[Row]:
+    """The results asset for one batch through Dagster vs the same calls made directly."""
+    n = ctx.sizes.asset_n
+    inputs = data.join_data(n).inputs
+    ours: list[dict[str, Any]] = []
+    ref: list[dict[str, Any]] = []
+    with EmulatorProcess(fail_pattern=FAIL_PATTERN) as emu:
+        [batch_id] = _finished_batches(emu, inputs, 1)
+        for i in range(ctx.sizes.repeats):
+            ours.append(
+                run_task(
+                    task_results_dagster,
+                    base_url=emu.base_url,
+                    batch_id=batch_id,
+                    inputs=str(inputs),
+                    home=_home(ctx, f"asset-home-{i}"),
+                )
+            )
+            ref.append(
+                run_task(
+                    task_results_direct,
+                    base_url=emu.base_url,
+                    batch_id=batch_id,
+                    inputs=str(inputs),
+                    workdir=str(ctx.path(f"direct-{i}")),
+                )
+            )
+    best_ours = min(float(r["seconds"]) for r in ours)
+    best_ref = min(float(r["seconds"]) for r in ref)
+    ratio = best_ours / best_ref
+    ok = all(r["success"] and r["complete"] and r["rows"] == n for r in ours)
+    return [
+        Row(
+            name="results_asset",
+            figure=f"results asset, one {n:,}-request batch, through Dagster",
+            ours=seconds(best_ours),
+            reference=f"{seconds(best_ref)} (retrieve_content + join_results)",
+            ratio=times(ratio),
+            target="<= 1.3x",
+            passed=ratio <= 1.3 and ok,
+            values={
+                "ours_seconds": [r["seconds"] for r in ours],
+                "direct_seconds": [r["seconds"] for r in ref],
+                "rows_complete": ok,
+            },
+        )
+    ]
+
+
+def backfill(ctx: Context) -> list[Row]:
+    """N results partitions, 2 worker processes vs one after another."""
+    count, n = ctx.sizes.backfill_partitions, ctx.sizes.backfill_n
+    inputs = data.join_data(n).inputs
+    with EmulatorProcess(fail_pattern=FAIL_PATTERN) as emu:
+        ids = _finished_batches(emu, inputs, count)
+        common = {"base_url": emu.base_url, "batch_ids": ids, "inputs": str(inputs)}
+        parallel = run_task(task_backfill, home=_home(ctx, "backfill-2"), workers=2, **common)
+        serial = run_task(task_backfill, home=_home(ctx, "backfill-1"), workers=1, **common)
+    ratio = parallel["seconds"] / serial["seconds"]
+    complete = sum(1 for r in parallel["runs"] if r["success"] and r["complete"] and r["rows"] == n)
+    return [
+        Row(
+            name="backfill",
+            figure=f"{count} results partitions ({n:,} requests each), 2 worker processes",
+            ours=f"{seconds(parallel['seconds'])}, {complete}/{count} rows-complete",
+            reference=f"{seconds(serial['seconds'])} (one after another)",
+            ratio=times(ratio),
+            target=f"<= 0.65x, {count}/{count} complete",
+            passed=ratio <= 0.65 and complete == count,
+            values={
+                "parallel_seconds": parallel["seconds"],
+                "serial_seconds": serial["seconds"],
+                "parallel_runs": parallel["runs"],
+                "serial_runs": serial["runs"],
+            },
+        )
+    ]
+
+
+FIGURES = {
+    "sensor_tick": sensor_tick,
+    "import": import_time,
+    "results_asset": results_asset,
+    "backfill": backfill,
+}

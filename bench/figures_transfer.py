@@ -1,0 +1,266 @@
+"""Moving bytes: retrieve_content to local disk (vs curl -o) and to S3 (vs s3fs put), and the
+upload of a 100 MB input file (vs curl -T to the same presigned URL).
+
+The emulator and moto run in their own processes. Runs alternate ours / reference so that both
+see the same machine load; the best of ``repeats`` runs of each is compared.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench import data
+from bench.context import Context
+from bench.measure import peak_rss, reset_peak_rss, rss, run_command, run_task, timed
+from bench.report import Row, megabytes, rate, times
+from bench.servers import API_KEY, EmulatorProcess, MotoProcess
+
+__all__ = ["FIGURES"]
+
+
+# -- child tasks ---------------------------------------------------------------------------------
+def task_retrieve(
+    base_url: str, file_id: str, output: str, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``files.retrieve_content`` of one file to ``output`` (a path or an s3:// URL)."""
+    from dagster_together.client import TogetherClient
+
+    if output.startswith("s3://"):
+        import s3fs  # noqa: F401  (imported before the clock, as for the reference)
+    client = TogetherClient(api_key=API_KEY, base_url=base_url)
+    before = rss()
+    with timed() as t:
+        result = client.files.retrieve_content(
+            file_id, output=output, storage_options=storage_options, progress=False
+        )
+    client.close()
+    return {
+        "seconds": t["seconds"],
+        "bytes": result.size,
+        "rss_before": before,
+        "peak_rss": peak_rss(),
+    }
+
+
+def task_s3fs_put(local: str, remote: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The S3 reference: ``s3fs.S3FileSystem(...).put(local, remote)``."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**storage_options)
+    before = rss()
+    with timed() as t:
+        fs.put(local, remote)
+    return {
+        "seconds": t["seconds"],
+        "bytes": os.path.getsize(local),
+        "rss_before": before,
+        "peak_rss": peak_rss(),
+    }
+
+
+def task_upload(base_url: str, path: str, warmup_path: str) -> dict[str, Any]:
+    """``files.upload(path)`` as users call it (checked, hashed, 3 steps); RSS growth measured
+    from after a warm-up upload of a tiny file (imports done, connection pool ready)."""
+    from dagster_together.client import TogetherClient
+
+    client = TogetherClient(api_key=API_KEY, base_url=base_url)
+    warm = client.files.upload(warmup_path)
+    client.files.delete(warm.id)
+    before = reset_peak_rss()
+    with timed() as t:
+        uploaded = client.files.upload(path)
+    peak = peak_rss()
+    client.files.delete(uploaded.id)  # the next run must not be answered "409: same bytes"
+    client.close()
+    return {
+        "seconds": t["seconds"],
+        "bytes": uploaded.bytes,
+        "rss_before": before,
+        "peak_rss": peak,
+        "growth": peak - before,
+    }
+
+
+# -- figures -------------------------------------------------------------------------------------
+def _curl(*args: str) -> tuple[float, int]:
+    result = run_command(["curl", "-sS", "-f", *args])
+    return result.seconds, result.max_rss
+
+
+def retrieve_local(ctx: Context) -> list[Row]:
+    """retrieve_content of a 1 GB file to local disk vs ``curl -o`` of the same URL."""
+    size = ctx.sizes.big_bytes
+    source = data.big_file(size)
+    ours: list[dict[str, Any]] = []
+    ref: list[tuple[float, int]] = []
+    with EmulatorProcess() as emu:
+        file_id = emu.add_file(source)
+        url = f"{emu.base_url}/files/{file_id}/content"
+        for _ in range(ctx.sizes.repeats):
+            target = ctx.path("download.jsonl")
+            ours.append(
+                run_task(task_retrieve, base_url=emu.base_url, file_id=file_id, output=str(target))
+            )
+            target.unlink()
+            ref.append(_curl("-H", f"Authorization: Bearer {API_KEY}", "-o", str(target), url))
+            target.unlink()
+    best_ours = min(float(r["seconds"]) for r in ours)
+    best_ref = min(s for s, _ in ref)
+    ratio = best_ref / best_ours  # throughput ratio
+    peak = max(int(r["peak_rss"]) for r in ours)
+    values = {
+        "bytes": size,
+        "ours_seconds": [r["seconds"] for r in ours],
+        "curl_seconds": [s for s, _ in ref],
+        "ours_peak_rss": peak,
+        "ours_rss_before": ours[0]["rss_before"],
+        "curl_max_rss": max(m for _, m in ref),
+        "throughput_ratio": ratio,
+    }
+    label = f"retrieve_content, {size / 1e9:.1f} GB to local disk"
+    return [
+        Row(
+            name="retrieve_local",
+            figure=f"{label}: throughput",
+            ours=rate(size / best_ours),
+            reference=f"{rate(size / best_ref)} (curl -o)",
+            ratio=times(ratio),
+            target=">= 0.8x",
+            passed=ratio >= 0.8,
+            values=values,
+        ),
+        Row(
+            name="retrieve_local_rss",
+            figure=f"{label}: peak RSS",
+            ours=megabytes(peak),
+            reference=f"{megabytes(max(m for _, m in ref))} (curl)",
+            ratio="-",
+            target="<= 100 MB",
+            passed=peak <= 100e6,
+            values=values,
+        ),
+    ]
+
+
+def retrieve_s3(ctx: Context) -> list[Row]:
+    """retrieve_content of a 1 GB file to s3:// (moto) vs ``s3fs.put`` of the same local file."""
+    size = ctx.sizes.big_bytes
+    source = data.big_file(size)
+    ours: list[dict[str, Any]] = []
+    ref: list[dict[str, Any]] = []
+    with EmulatorProcess() as emu, MotoProcess() as moto:
+        file_id = emu.add_file(source)
+        options = moto.storage_options
+        for i in range(ctx.sizes.repeats):
+            ours.append(
+                run_task(
+                    task_retrieve,
+                    base_url=emu.base_url,
+                    file_id=file_id,
+                    output=f"{moto.bucket_url}/ours-{i}.jsonl",
+                    storage_options=options,
+                )
+            )
+            moto.reset()  # moto keeps objects in memory: start every run from an empty server
+            ref.append(
+                run_task(
+                    task_s3fs_put,
+                    local=str(source),
+                    remote=f"{moto.bucket_url}/ref-{i}.jsonl",
+                    storage_options=options,
+                )
+            )
+            moto.reset()
+    best_ours = min(float(r["seconds"]) for r in ours)
+    best_ref = min(float(r["seconds"]) for r in ref)
+    ratio = best_ref / best_ours
+    peak = max(int(r["peak_rss"]) for r in ours)
+    ref_peak = max(int(r["peak_rss"]) for r in ref)
+    values = {
+        "bytes": size,
+        "ours_seconds": [r["seconds"] for r in ours],
+        "s3fs_seconds": [r["seconds"] for r in ref],
+        "ours_peak_rss": peak,
+        "ours_rss_before": ours[0]["rss_before"],
+        "s3fs_peak_rss": ref_peak,
+        "throughput_ratio": ratio,
+    }
+    label = f"retrieve_content, {size / 1e9:.1f} GB to s3:// (moto)"
+    return [
+        Row(
+            name="retrieve_s3",
+            figure=f"{label}: throughput",
+            ours=rate(size / best_ours),
+            reference=f"{rate(size / best_ref)} (s3fs put)",
+            ratio=times(ratio),
+            target=">= 0.8x",
+            passed=ratio >= 0.8,
+            values=values,
+        ),
+        Row(
+            name="retrieve_s3_rss",
+            figure=f"{label}: peak RSS",
+            ours=megabytes(peak),
+            reference=f"{megabytes(ref_peak)} (s3fs put)",
+            ratio="-",
+            target="<= 200 MB",
+            passed=peak <= 200e6,
+            values=values,
+        ),
+    ]
+
+
+def upload(ctx: Context) -> list[Row]:
+    """files.upload of a 100 MB input file vs ``curl -T`` to the same kind of presigned URL."""
+    size = ctx.sizes.upload_bytes
+    path = data.upload_file(size, ctx.sizes.upload_lines)
+    warm = data.upload_file(100_000, 100)
+    ours: list[dict[str, Any]] = []
+    ref: list[tuple[float, int]] = []
+    with EmulatorProcess() as emu:
+        for _ in range(ctx.sizes.repeats):
+            ours.append(
+                run_task(task_upload, base_url=emu.base_url, path=str(path), warmup_path=str(warm))
+            )
+            file_id, url = emu.presigned_upload(path.name)
+            ref.append(_curl("-o", os.devnull, "-T", str(path), url))
+            emu.api("DELETE", f"/files/{file_id}")
+    best_ours = min(float(r["seconds"]) for r in ours)
+    best_ref = min(s for s, _ in ref)
+    ratio = best_ref / best_ours
+    growth = max(int(r["growth"]) for r in ours)
+    values = {
+        "bytes": size,
+        "ours_seconds": [r["seconds"] for r in ours],
+        "curl_seconds": [s for s, _ in ref],
+        "ours_growth": growth,
+        "ours_peak_rss": max(int(r["peak_rss"]) for r in ours),
+        "throughput_ratio": ratio,
+    }
+    label = f"upload of a {size / 1e6:.0f} MB input file"
+    return [
+        Row(
+            name="upload",
+            figure=f"{label}: throughput",
+            ours=rate(size / best_ours),
+            reference=f"{rate(size / best_ref)} (curl -T, PUT only)",
+            ratio=times(ratio),
+            target=">= 0.8x",
+            passed=ratio >= 0.8,
+            values=values,
+        ),
+        Row(
+            name="upload_rss",
+            figure=f"{label}: peak RSS growth",
+            ours=megabytes(growth),
+            reference="-",
+            ratio="-",
+            target="<= 50 MB",
+            passed=growth <= 50e6,
+            values=values,
+        ),
+    ]
+
+
+FIGURES = {"retrieve_local": retrieve_local, "retrieve_s3": retrieve_s3, "upload": upload}
