@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,8 +90,15 @@ class BatchStorageLayout:
         fs.put_file(local_path, path)
 
 
+# Together's batch ids are UUIDs. A whitelist, not a blacklist: besides path separators, fsspec
+# gives meaning to "::" (URL chaining) and glob characters, and an id is never trusted as a path.
+_BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 def _safe(batch_id: str) -> str:
-    # Batch ids are UUIDs; refuse anything that would escape the layout as a path.
-    if not batch_id or "/" in batch_id or "\\" in batch_id or batch_id in (".", ".."):
-        raise ValueError(f"{batch_id!r} is not a usable batch id.")
+    if not isinstance(batch_id, str) or not _BATCH_ID.fullmatch(batch_id):
+        raise ValueError(
+            f"{batch_id!r} is not a usable batch id: expected letters, digits, '.', '_' or '-' "
+            "(Together's batch ids are UUIDs)."
+        )
     return batch_id

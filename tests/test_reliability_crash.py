@@ -30,7 +30,6 @@ import boto3
 import dagster as dg
 import fsspec
 import pyarrow as pa
-import pytest
 
 from dagster_together import TogetherResource, together_batch_assets
 from dagster_together.client import TogetherClient
@@ -150,14 +149,6 @@ def test_killed_mid_download_local_next_run_starts_clean(
     assert fsspec.filesystem("file").glob(f"{tmp_path}/store/**/*.jsonl") == [str(out)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: a SIGKILLed download leaves its .<name>.<random>.part file forever; the next "
-        "run writes a new random temp name and never removes the stale one (disk litter the "
-        "size of the partial download, per crash). client/download.py _LocalSink.__init__"
-    ),
-)
 def test_killed_mid_download_local_leaves_no_litter_after_the_next_run(
     emulator: Any, api_key: str, tmp_path: Path
 ) -> None:

@@ -242,15 +242,6 @@ def test_odd_ids_write_only_inside_the_chosen_directory(
     assert written == sorted(store / "batches" / b / "output.jsonl" for b in accepted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: client/download.py _FsspecSink._discard removes a failed partial file with "
-        "fs.rm(path), which expands glob characters: a failed download to "
-        ".../batches/*/output.jsonl on memory:// (or any fsspec backend without discard()) "
-        "deletes every other batch's output.jsonl. Fix: fs.rm_file(path)."
-    ),
-)
 def test_a_glob_like_id_cannot_delete_other_batches_files(emulator: Any, api_key: str) -> None:
     """Promise (not kept yet): a failed download whose output holds glob characters (a batch
     id like '*' in the path, or a user's own 'runs[1]/' folder) removes only its own partial
@@ -269,15 +260,6 @@ def test_a_glob_like_id_cannot_delete_other_batches_files(emulator: Any, api_key
     assert fs.cat(f"{base}/b2/output.jsonl") == b"precious results\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: storage.py _safe accepts '::' in a batch id, and every fsspec call on a layout "
-        "path (client/download.py _resolve_target, BatchStorageLayout.filesystem/put_file, "
-        "join_results) reads '::' as URL chaining: batch 'x::y' writes its output, errors and "
-        "input copy all to the one file batches/x (another batch's name), not batches/x::y/."
-    ),
-)
 def test_an_id_with_fsspec_chaining_syntax_is_refused_or_kept_in_its_place(
     emulator: Any, api_key: str, tmp_path: Path
 ) -> None:

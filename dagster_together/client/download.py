@@ -19,6 +19,11 @@ from typing import Any, BinaryIO, Protocol
 
 import httpx
 
+try:
+    import fcntl
+except ImportError:  # Windows: no stale-part sweep, the rest works the same
+    fcntl = None  # type: ignore[assignment]
+
 from dagster_together.client.errors import DownloadError, TogetherError
 from dagster_together.client.progress import LogSink, Progress
 from dagster_together.client.transport import Transport, quote_id
@@ -61,17 +66,25 @@ class _Sink(Protocol):
 
 class _LocalSink:
     """Writes ``.<name>.<random>.part`` next to the destination and ``os.replace``s it on commit:
-    same directory, so the rename is atomic and readers see the old file or the whole new one."""
+    same directory, so the rename is atomic and readers see the old file or the whole new one.
+
+    A live part file is locked (``flock``) until it is renamed, so a new download can tell the
+    leftovers of a killed process (unlocked) from a concurrent download (locked) and sweep them.
+    """
 
     def __init__(self, path: str) -> None:
         self.location = path
         directory, name = os.path.split(path)
         os.makedirs(directory, exist_ok=True)
+        _sweep_stale_parts(directory or ".", name)
         self._tmp = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.part")
         # O_EXCL: never write through a file (or symlink) someone else put there; 0o666 lets the
         # umask decide the final permissions, like any other file the user creates.
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        self._file: BinaryIO = os.fdopen(os.open(self._tmp, flags, 0o666), "wb")
+        fd = os.open(self._tmp, flags, 0o666)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
 
     def write(self, data: bytes | bytearray) -> None:
         self._file.write(data)
@@ -83,14 +96,38 @@ class _LocalSink:
     def commit(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())  # the bytes are on disk before the name points at them
+        os.replace(self._tmp, self.location)  # renamed while still locked: never swept
         self._file.close()
-        os.replace(self._tmp, self.location)
 
     def abort(self) -> None:
         with suppress(OSError):
             self._file.close()
         with suppress(FileNotFoundError):
             os.remove(self._tmp)
+
+
+def _sweep_stale_parts(directory: str, name: str) -> None:
+    """Remove ``.<name>.*.part`` files left by killed downloads (nobody holds their lock)."""
+    if fcntl is None:
+        return
+    prefix = f".{name}."
+    with suppress(OSError):
+        entries = [e for e in os.listdir(directory) if e.startswith(prefix) and e.endswith(".part")]
+        for entry in entries:
+            stale = os.path.join(directory, entry)
+            try:
+                fd = os.open(stale, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live download holds it
+            finally:
+                os.close(fd)
+            with suppress(FileNotFoundError):
+                os.remove(stale)
+            _log.info("Removed %s, left by an interrupted download.", stale)
 
 
 class _FsspecSink:
@@ -151,7 +188,7 @@ class _FsspecSink:
         # A backend that publishes while writing: remove what it published.
         try:
             if self._fs.exists(self._path):
-                self._fs.rm(self._path)
+                self._fs.rm_file(self._path)  # rm() would expand glob characters in the path
         except Exception:
             _log.warning("Could not remove the partial file %s", self.location, exc_info=True)
 
