@@ -19,14 +19,11 @@ from dagster_together.client import (
     ServerError,
     TogetherClient,
 )
+from tests.helpers import fast_client, write_requests
 
 
 def _input_file(client: TogetherClient, tmp_path: Path, n: int = 3) -> str:
-    path = tmp_path / "in.jsonl"
-    with path.open("w") as handle:
-        for i in range(n):
-            body = {"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]}
-            handle.write(json.dumps({"custom_id": f"r{i}", "body": body}) + "\n")
+    path = write_requests(tmp_path / "in.jsonl", n, prompt="hi {i}")
     return client.files.upload(path, check=False).id
 
 
@@ -59,15 +56,7 @@ def faulty() -> FaultyTransport:
 
 @pytest.fixture
 def client(emulator: Any, api_key: str, faulty: FaultyTransport) -> Iterator[TogetherClient]:
-    with TogetherClient(
-        api_key,
-        emulator.base_url,
-        timeout=5,
-        max_retries=3,
-        backoff_base=0.01,
-        backoff_max=0.05,
-        http_transport=faulty,
-    ) as c:
+    with fast_client(emulator, api_key, timeout=5, max_retries=3, http_transport=faulty) as c:
         yield c
 
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
-import random
 import tracemalloc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import fsspec
 import httpx
 import pytest
@@ -26,62 +23,37 @@ from dagster_together.client import (
     TogetherClient,
     normalize_key,
 )
+from tests.helpers import (
+    content_calls,
+    fast_client,
+    open_multipart_uploads,
+    random_jsonl,
+    sha256_hex,
+)
 
 MiB = 1024 * 1024
 
 
-def _payload(size: int, seed: int = 0) -> bytes:
-    """JSONL-looking bytes that do not compress to nothing."""
-    rng = random.Random(seed)
-    lines, total = [], 0
-    while total < size:
-        line = f'{{"custom_id": "r{len(lines)}", "x": "{rng.getrandbits(256):064x}"}}\n'.encode()
-        lines.append(line)
-        total += len(line)
-    return b"".join(lines)[:size]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 @pytest.fixture
 def client(emulator: Any, api_key: str) -> Iterator[TogetherClient]:
-    with TogetherClient(
-        api_key, emulator.base_url, timeout=10, max_retries=5, backoff_base=0.01, backoff_max=0.05
-    ) as c:
+    with fast_client(emulator, api_key, timeout=10, max_retries=5) as c:
         yield c
-
-
-def _content_calls(emulator: Any) -> list[Any]:
-    return [r for r in emulator.requests if r.path.endswith("/content")]
 
 
 def _s3(s3_server: Any) -> Any:
     return fsspec.filesystem("s3", **s3_server.storage_options)
 
 
-def _open_uploads(s3_server: Any, bucket_url: str) -> list[Any]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    return s3.list_multipart_uploads(Bucket=bucket_url.removeprefix("s3://")).get("Uploads", [])
-
-
 # -- destinations -------------------------------------------------------------------------------
 def test_download_to_a_local_path(client: TogetherClient, emulator: Any, tmp_path: Path) -> None:
-    data = _payload(3 * MiB + 17)
+    data = random_jsonl(3 * MiB + 17)
     file_id = emulator.add_file(data)
     out = tmp_path / "nested" / "dir" / "out.jsonl"
     result = client.files.retrieve_content(file_id, output=out)
     assert result == FileObject(id=file_id, filename=str(out), size=len(data), object="local")
-    assert _sha(out.read_bytes()) == _sha(data)
+    assert sha256_hex(out.read_bytes()) == sha256_hex(data)
     assert os.listdir(out.parent) == ["out.jsonl"]  # no temporary file left behind
-    (call,) = _content_calls(emulator)
+    (call,) = content_calls(emulator)
     assert call.status == 200 and "range" not in call.headers
 
 
@@ -138,12 +110,12 @@ def test_an_api_id_never_escapes_the_cwd(
 
 
 def test_download_to_memory(client: TogetherClient, emulator: Any) -> None:
-    data = _payload(2 * MiB)
+    data = random_jsonl(2 * MiB)
     file_id = emulator.add_file(data)
     url = f"memory://dl-{uuid.uuid4().hex}/out.jsonl"
     result = client.files.retrieve_content(file_id, output=url)
     assert result.filename == url and result.size == len(data)
-    assert _sha(fsspec.filesystem("memory").cat(url)) == _sha(data)
+    assert sha256_hex(fsspec.filesystem("memory").cat(url)) == sha256_hex(data)
 
 
 def test_download_to_file_url(client: TogetherClient, emulator: Any, tmp_path: Path) -> None:
@@ -163,7 +135,7 @@ def test_download_to_s3_multipart(
     # The smallest part S3 allows, so a 12 MB file is a real three-part multipart upload.
     monkeypatch.setattr(download, "REMOTE_BLOCK_SIZE", 5 * MiB)
     monkeypatch.setattr(download, "CHUNK_SIZE", 1 * MiB)
-    data = _payload(12 * MiB + 5)
+    data = random_jsonl(12 * MiB + 5)
     file_id = emulator.add_file(data)
     url = f"{s3_bucket}/results/out.jsonl"
     result = client.files.retrieve_content(
@@ -171,9 +143,9 @@ def test_download_to_s3_multipart(
     )
     assert result.filename == url and result.size == len(data)
     fs = _s3(s3_server)
-    assert _sha(fs.cat(url)) == _sha(data)
+    assert sha256_hex(fs.cat(url)) == sha256_hex(data)
     assert fs.info(url)["ETag"].strip('"').endswith("-3")  # a completed 3-part upload
-    assert _open_uploads(s3_server, s3_bucket) == []
+    assert open_multipart_uploads(s3_server, s3_bucket) == []
 
 
 def test_download_small_file_to_s3(
@@ -197,14 +169,14 @@ def test_output_that_is_a_directory_fails_before_any_request(
 def test_dropped_connection_is_resumed_with_range(
     client: TogetherClient, emulator: Any, tmp_path: Path
 ) -> None:
-    data = _payload(5 * MiB + 3)
+    data = random_jsonl(5 * MiB + 3)
     file_id = emulator.add_file(data)
     emulator.add_fault(path=r"/content$", kind="drop", after_bytes=1_500_000, times=3)
     out = tmp_path / "out.jsonl"
     result = client.files.retrieve_content(file_id, output=out)
     assert result.size == len(data)
-    assert _sha(out.read_bytes()) == _sha(data)
-    calls = _content_calls(emulator)
+    assert sha256_hex(out.read_bytes()) == sha256_hex(data)
+    calls = content_calls(emulator)
     assert [c.status for c in calls] == [200, 206, 206, 206]
     assert [c.headers.get("range") for c in calls] == [
         None,
@@ -219,12 +191,12 @@ def test_resume_keeps_progress_when_drops_are_shorter_than_a_chunk(
     client: TogetherClient, emulator: Any, tmp_path: Path
 ) -> None:
     # Drops every 1 MB, far below the 8 MiB write size: every resume must still advance.
-    data = _payload(4 * MiB)
+    data = random_jsonl(4 * MiB)
     file_id = emulator.add_file(data)
     emulator.add_fault(path=r"/content$", kind="drop", after_bytes=1_000_000, times=4)
     result = client.files.retrieve_content(file_id, output=tmp_path / "o.jsonl")
     assert result.size == len(data)
-    assert _sha((tmp_path / "o.jsonl").read_bytes()) == _sha(data)
+    assert sha256_hex((tmp_path / "o.jsonl").read_bytes()) == sha256_hex(data)
 
 
 class StripRange(httpx.HTTPTransport):
@@ -240,7 +212,7 @@ class StripRange(httpx.HTTPTransport):
 def test_full_answer_to_a_range_restarts_cleanly(
     emulator: Any, api_key: str, tmp_path: Path
 ) -> None:
-    data = _payload(3 * MiB)
+    data = random_jsonl(3 * MiB)
     file_id = emulator.add_file(data)
     emulator.add_fault(path=r"/content$", kind="drop", after_bytes=1_000_000, times=2)
     with TogetherClient(
@@ -249,16 +221,16 @@ def test_full_answer_to_a_range_restarts_cleanly(
         result = c.files.retrieve_content(file_id, output=tmp_path / "o.jsonl")
     assert result.size == len(data)
     assert (tmp_path / "o.jsonl").read_bytes() == data  # not the first MB twice
-    assert [r.status for r in _content_calls(emulator)] == [200, 200, 200]
+    assert [r.status for r in content_calls(emulator)] == [200, 200, 200]
 
 
 def test_body_without_content_length(client: TogetherClient, emulator: Any, tmp_path: Path) -> None:
-    data = _payload(2 * MiB + 1)
+    data = random_jsonl(2 * MiB + 1)
     file_id = emulator.add_file(data)
     emulator.add_fault(path=r"/content$", kind="no_content_length")
     result = client.files.retrieve_content(file_id, output=tmp_path / "o.jsonl")
     assert result.size == len(data)
-    assert _sha((tmp_path / "o.jsonl").read_bytes()) == _sha(data)
+    assert sha256_hex((tmp_path / "o.jsonl").read_bytes()) == sha256_hex(data)
 
 
 def _truncating_client(emulator: Any, api_key: str) -> TogetherClient:
@@ -269,18 +241,18 @@ def _truncating_client(emulator: Any, api_key: str) -> TogetherClient:
 def test_truncated_body_after_max_retries_leaves_nothing_locally(
     emulator: Any, api_key: str, tmp_path: Path
 ) -> None:
-    file_id = emulator.add_file(_payload(12 * MiB))
+    file_id = emulator.add_file(random_jsonl(12 * MiB))
     with _truncating_client(emulator, api_key) as c, pytest.raises(DownloadError) as info:
         c.files.retrieve_content(file_id, output=tmp_path / "out.jsonl")
     assert os.listdir(tmp_path) == []  # neither the output nor a temporary file
     message = str(info.value)
     assert "stopped after 8388608 of 12582912 bytes" in message
     assert "within 1 retries" in message and "Nothing was written" in message
-    assert len(_content_calls(emulator)) == 2
+    assert len(content_calls(emulator)) == 2
 
 
 def test_truncated_body_leaves_nothing_in_memory_fs(emulator: Any, api_key: str) -> None:
-    file_id = emulator.add_file(_payload(12 * MiB))
+    file_id = emulator.add_file(random_jsonl(12 * MiB))
     url = f"memory://dl-{uuid.uuid4().hex}/out.jsonl"
     with _truncating_client(emulator, api_key) as c, pytest.raises(DownloadError):
         c.files.retrieve_content(file_id, output=url)
@@ -308,7 +280,7 @@ def test_truncated_body_leaves_nothing_on_s3(
         real_discard(self)
 
     monkeypatch.setattr(s3fs.core.S3File, "discard", spy)
-    file_id = emulator.add_file(_payload(12 * MiB))
+    file_id = emulator.add_file(random_jsonl(12 * MiB))
     url = f"{s3_bucket}/out/result.jsonl"
     with _truncating_client(emulator, api_key) as c, pytest.raises(DownloadError):
         c.files.retrieve_content(file_id, output=url, storage_options=s3_server.storage_options)
@@ -316,7 +288,7 @@ def test_truncated_body_leaves_nothing_on_s3(
     fs = _s3(s3_server)
     assert not fs.exists(url)
     assert fs.ls(s3_bucket.removeprefix("s3://")) == []
-    assert _open_uploads(s3_server, s3_bucket) == []
+    assert open_multipart_uploads(s3_server, s3_bucket) == []
 
 
 def test_s3_keeps_an_older_object_when_the_new_download_fails(
@@ -324,7 +296,7 @@ def test_s3_keeps_an_older_object_when_the_new_download_fails(
 ) -> None:
     url = f"{s3_bucket}/keep.jsonl"
     _s3(s3_server).pipe(url, b"previous good result\n")
-    file_id = emulator.add_file(_payload(9 * MiB))
+    file_id = emulator.add_file(random_jsonl(9 * MiB))
     with _truncating_client(emulator, api_key) as c, pytest.raises(DownloadError):
         c.files.retrieve_content(file_id, output=url, storage_options=s3_server.storage_options)
     assert _s3(s3_server).cat(url) == b"previous good result\n"
@@ -336,7 +308,7 @@ def test_unknown_file_is_not_found_and_leaves_nothing(
     with pytest.raises(NotFoundError):
         client.files.retrieve_content("file-missing", output=tmp_path / "o.jsonl")
     assert os.listdir(tmp_path) == []
-    assert len(_content_calls(emulator)) == 1
+    assert len(content_calls(emulator)) == 1
 
 
 def test_5xx_before_the_body_is_retried(
@@ -345,7 +317,7 @@ def test_5xx_before_the_body_is_retried(
     file_id = emulator.add_file(b"abc\n")
     emulator.add_fault(path=r"/content$", status=503, times=2)
     client.files.retrieve_content(file_id, output=tmp_path / "o.jsonl")
-    assert [c.status for c in _content_calls(emulator)] == [503, 503, 200]
+    assert [c.status for c in content_calls(emulator)] == [503, 503, 200]
 
 
 # -- answers the emulator does not give ---------------------------------------------------------
@@ -389,7 +361,7 @@ def test_wrong_content_range_restarts_from_zero(api_key: str, tmp_path: Path) ->
 
 
 def test_compressed_body_is_decoded_and_verified(api_key: str, tmp_path: Path) -> None:
-    data = _payload(100_000)
+    data = random_jsonl(100_000)
     packed = gzip.compress(data)
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -435,7 +407,7 @@ def test_logger_gets_a_line_every_ten_percent(
     client: TogetherClient, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(download, "CHUNK_SIZE", 64 * 1024)
-    data = _payload(4 * MiB)
+    data = random_jsonl(4 * MiB)
     file_id = emulator.add_file(data)
     log = ListLog()
     client.files.retrieve_content(file_id, output=tmp_path / "o", logger=log, progress=False)
@@ -449,7 +421,7 @@ def test_logger_gets_a_line_every_ten_percent(
 def test_no_progress_bar_without_a_terminal(
     client: TogetherClient, emulator: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    file_id = emulator.add_file(_payload(MiB))
+    file_id = emulator.add_file(random_jsonl(MiB))
     client.files.retrieve_content(file_id, output=tmp_path / "o")
     assert capsys.readouterr().err == ""
 
@@ -458,7 +430,7 @@ def test_large_download_keeps_memory_flat(
     client: TogetherClient, emulator: Any, tmp_path: Path
 ) -> None:
     source = tmp_path / "source.jsonl"
-    block = _payload(MiB)
+    block = random_jsonl(MiB)
     with source.open("wb") as handle:
         for _ in range(100):
             handle.write(block)
@@ -483,7 +455,7 @@ def test_progress_bar_on_a_terminal_unless_disabled(
     import dagster_together.client.progress as progress
 
     monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: True)
-    file_id = emulator.add_file(_payload(MiB))
+    file_id = emulator.add_file(random_jsonl(MiB))
     client.files.retrieve_content(file_id, output=tmp_path / "a")
     assert f"Downloading {file_id}" in capsys.readouterr().err  # tqdm drew a bar
     client.files.retrieve_content(file_id, output=tmp_path / "b", progress=False)
@@ -493,7 +465,7 @@ def test_progress_bar_on_a_terminal_unless_disabled(
 def test_log_lines_without_content_length(
     client: TogetherClient, emulator: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    file_id = emulator.add_file(_payload(MiB))
+    file_id = emulator.add_file(random_jsonl(MiB))
     emulator.add_fault(path=r"/content$", kind="no_content_length")
     caplog.set_level(logging.INFO, logger="run")
     client.files.retrieve_content(file_id, output=tmp_path / "o", logger=logging.getLogger("run"))

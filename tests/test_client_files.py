@@ -22,6 +22,7 @@ from dagster_together.client import (
     NotFoundError,
     TogetherClient,
 )
+from tests.helpers import fast_client, write_requests
 
 
 class RecordingTransport(httpx.HTTPTransport):
@@ -43,30 +44,14 @@ def recorder() -> RecordingTransport:
 
 @pytest.fixture
 def client(emulator: Any, api_key: str, recorder: RecordingTransport) -> Iterator[TogetherClient]:
-    with TogetherClient(
-        api_key,
-        emulator.base_url,
-        timeout=10,
-        max_retries=3,
-        backoff_base=0.01,
-        backoff_max=0.05,
-        http_transport=recorder,
-    ) as c:
+    with fast_client(emulator, api_key, timeout=10, max_retries=3, http_transport=recorder) as c:
         yield c
 
 
-def _write_requests(path: Path, n: int = 5, tag: str = "") -> Path:
-    with path.open("w") as handle:
-        for i in range(n):
-            line = {
-                "custom_id": f"req-{i}{tag}",
-                "body": {
-                    "model": "meta-llama/Llama-3-8b-chat-hf",
-                    "messages": [{"role": "user", "content": f"Say hello {i}"}],
-                },
-            }
-            handle.write(json.dumps(line) + "\n")
-    return path
+def _write_requests(path: Path, n: int = 5) -> Path:
+    return write_requests(
+        path, n, model="meta-llama/Llama-3-8b-chat-hf", prompt="Say hello {i}", custom_id="req-{i}"
+    )
 
 
 def _sequence(emulator: Any) -> list[tuple[str, str, int]]:

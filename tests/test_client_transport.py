@@ -31,14 +31,13 @@ from dagster_together.client import (
     normalize_base_url,
 )
 from dagster_together.client.transport import parse_retry_after
+from tests.helpers import fast_client
 
 
 @pytest.fixture
 def client(emulator: Any, api_key: str) -> Iterator[TogetherClient]:
     """A client on the emulator with a fast backoff (retries cost milliseconds)."""
-    with TogetherClient(
-        api_key, emulator.base_url, timeout=5, max_retries=3, backoff_base=0.01, backoff_max=0.05
-    ) as c:
+    with fast_client(emulator, api_key, timeout=5, max_retries=3) as c:
         yield c
 
 

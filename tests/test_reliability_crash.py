@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -34,19 +33,10 @@ import pyarrow as pa
 from dagster_together import TogetherResource, together_batch_assets
 from dagster_together.client import TogetherClient
 from dagster_together.requests import RequestTemplate
+from tests.helpers import random_jsonl
 
 MiB = 1024 * 1024
 DEADLINE = 60.0  # seconds for a child to reach the kill point (imports included)
-
-
-def _payload(size: int, seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    lines, total = [], 0
-    while total < size:
-        line = f'{{"custom_id": "r{len(lines)}", "x": "{rng.getrandbits(256):064x}"}}\n'.encode()
-        lines.append(line)
-        total += len(line)
-    return b"".join(lines)[:size]
 
 
 @contextmanager
@@ -132,7 +122,7 @@ def test_killed_mid_download_local_next_run_starts_clean(
     """Promise: SIGKILL in the middle of a local download leaves nothing at the destination,
     the leftover temporary file is hidden and never read as a result, and the next
     retrieve_content writes a byte-identical file."""
-    data = _payload(6 * MiB)
+    data = random_jsonl(6 * MiB)
     out = tmp_path / "store" / "batches" / "b1" / "output.jsonl"
     file_id = _kill_mid_local_download(emulator, api_key, out, data)
 
@@ -154,7 +144,7 @@ def test_killed_mid_download_local_leaves_no_litter_after_the_next_run(
 ) -> None:
     """Promise (not kept yet): after the next successful run, the directory holds only the
     result, not the partial file of the killed run."""
-    data = _payload(4 * MiB, seed=1)
+    data = random_jsonl(4 * MiB, seed=1)
     out = tmp_path / "output.jsonl"
     file_id = _kill_mid_local_download(emulator, api_key, out, data)
     with TogetherClient(api_key, emulator.base_url, backoff_base=0.01) as client:
@@ -178,7 +168,7 @@ def test_killed_mid_download_to_s3_next_run_starts_clean(
     """Promise: SIGKILL in the middle of a multipart download to S3 leaves no object at the
     destination (only an invisible, incomplete multipart upload) and the next run writes a
     byte-identical object."""
-    data = _payload(12 * MiB + 3)
+    data = random_jsonl(12 * MiB + 3)
     file_id = emulator.add_file(data)
     emulator.add_fault(path=r"/content$", kind="drop", after_bytes=7_000_000, times=1)
     url = f"{s3_bucket}/batches/b1/output.jsonl"

@@ -12,11 +12,8 @@ Promises proved here (see docs/reliability.md):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -30,32 +27,10 @@ import pytest
 
 from dagster_together.client import APITimeoutError, TogetherClient
 from dagster_together.emulator import Emulator
+from tests.helpers import content_calls, random_jsonl, sha256_hex, write_requests
 
 MiB = 1024 * 1024
 RETRY_AFTER = 0.3  # seconds the server asks for; the client's own backoff is 1000x shorter
-
-
-def _payload(size: int, seed: int = 0) -> bytes:
-    """JSONL-looking bytes that do not compress to nothing."""
-    rng = random.Random(seed)
-    lines, total = [], 0
-    while total < size:
-        line = f'{{"custom_id": "r{len(lines)}", "x": "{rng.getrandbits(256):064x}"}}\n'.encode()
-        lines.append(line)
-        total += len(line)
-    return b"".join(lines)[:size]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _request_file(path: Path, n: int = 3) -> Path:
-    with path.open("w") as handle:
-        for i in range(n):
-            body = {"model": "m", "messages": [{"role": "user", "content": f"hello {i}"}]}
-            handle.write(json.dumps({"custom_id": f"r{i}", "body": body}) + "\n")
-    return path
 
 
 @pytest.fixture
@@ -96,7 +71,7 @@ class Endpoint:
 
 def _upload_fresh(ctx: Ctx) -> Any:
     # New bytes, so the upload goes through all three steps (no 409 shortcut).
-    return ctx.client.files.upload(_request_file(ctx.tmp / "fresh.jsonl", n=7))
+    return ctx.client.files.upload(write_requests(ctx.tmp / "fresh.jsonl", n=7))
 
 
 ENDPOINTS = [
@@ -154,7 +129,7 @@ def test_429_with_retry_after_is_survived_on_every_endpoint(
     """Promise: a 429 with Retry-After on any endpoint is waited out (the server's delay, not
     our backoff) and the call then succeeds; nothing is sent twice that should not be."""
     with _fast_client(slow_emu, api_key) as client:
-        uploaded = client.files.upload(_request_file(tmp_path / "in.jsonl"))
+        uploaded = client.files.upload(write_requests(tmp_path / "in.jsonl"))
         spare = slow_emu.add_file(b'{"x": 1}\n', purpose="batch-api")
         batch = client.batches.create_batch(uploaded.id)
         ctx = Ctx(client, slow_emu, tmp_path, uploaded.id, spare, batch.id)
@@ -184,16 +159,12 @@ def test_429_with_retry_after_is_survived_on_every_endpoint(
 # ---------------------------------------------------------------------------------------------
 # Connection refused for a while, during a download
 # ---------------------------------------------------------------------------------------------
-def _content_calls(emu: Emulator) -> list[Any]:
-    return [r for r in emu.requests if r.path.endswith("/content")]
-
-
 def test_download_waits_out_connection_refused_before_the_body(
     emulator: Any, api_key: str, tmp_path: Path
 ) -> None:
     """Promise: the API refusing connections for a while (an outage, a restart) does not fail
     a download; it starts once the API is back and the file is byte-identical."""
-    data = _payload(3 * MiB + 11)
+    data = random_jsonl(3 * MiB + 11)
     file_id = emulator.add_file(data)
     with TogetherClient(
         api_key, emulator.base_url, max_retries=10, backoff_base=0.1, backoff_max=0.2
@@ -209,7 +180,7 @@ def test_download_waits_out_connection_refused_before_the_body(
         finally:
             restart.join()
     assert result.size == len(data)
-    assert _sha((tmp_path / "out.jsonl").read_bytes()) == _sha(data)
+    assert sha256_hex((tmp_path / "out.jsonl").read_bytes()) == sha256_hex(data)
     assert os.listdir(tmp_path) == ["out.jsonl"]
 
 
@@ -218,7 +189,7 @@ def test_download_resumes_after_connection_refused_mid_body(
 ) -> None:
     """Promise: a connection cut mid-body followed by the API refusing connections for a while
     is resumed from the bytes already written (Range), not restarted, and the file is whole."""
-    data = _payload(4 * MiB + 5)
+    data = random_jsonl(4 * MiB + 5)
     file_id = emulator.add_file(data)
     emulator.add_fault(path=r"/content$", kind="drop", after_bytes=1_500_000, times=1)
     caplog.set_level(logging.WARNING, logger="dagster_together.client")
@@ -242,8 +213,8 @@ def test_download_resumes_after_connection_refused_mid_body(
             for timer in restarts:
                 timer.join()
     assert result.size == len(data)
-    assert _sha((tmp_path / "out.jsonl").read_bytes()) == _sha(data)
-    calls = _content_calls(emulator)
+    assert sha256_hex((tmp_path / "out.jsonl").read_bytes()) == sha256_hex(data)
+    calls = content_calls(emulator)
     assert [c.status for c in calls] == [200, 206]
     assert calls[1].headers.get("range") == "bytes=1500000-"  # resumed, not restarted
     refused = [r.getMessage() for r in caplog.records if "ConnectError" in r.getMessage()]
@@ -258,7 +229,7 @@ def test_download_from_a_server_slower_than_the_timeout(
 ) -> None:
     """Promise: a server that does not answer within the timeout gives a clear timeout error
     in bounded time, leaves nothing at the destination, and a retry once it is fast succeeds."""
-    data = _payload(MiB)
+    data = random_jsonl(MiB)
     file_id = emulator.add_file(data)
     emulator.add_fault(path=r"/content$", kind="delay", seconds=1.0, times=None)
     out = tmp_path / "out.jsonl"
@@ -274,8 +245,8 @@ def test_download_from_a_server_slower_than_the_timeout(
         emulator.clear_faults()
         emulator.add_fault(path=r"/content$", kind="delay", seconds=1.0, times=1)
         result = client.files.retrieve_content(file_id, output=out)
-    assert result.size == len(data) and _sha(out.read_bytes()) == _sha(data)
-    assert [c.status for c in _content_calls(emulator)][-2:] == [200, 200]
+    assert result.size == len(data) and sha256_hex(out.read_bytes()) == sha256_hex(data)
+    assert [c.status for c in content_calls(emulator)][-2:] == [200, 200]
 
 
 class _StallingServer(ThreadingHTTPServer):
@@ -321,7 +292,7 @@ class _StallingHandler(BaseHTTPRequestHandler):
 def test_a_download_that_stalls_mid_body_is_resumed(api_key: str, tmp_path: Path) -> None:
     """Promise: a server that stops sending in the middle of a body is given up on after the
     timeout (not waited on forever) and the download resumes where it stopped."""
-    data = _payload(2 * MiB + 3)
+    data = random_jsonl(2 * MiB + 3)
     server = _StallingServer(data)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
@@ -337,5 +308,5 @@ def test_a_download_that_stalls_mid_body_is_resumed(api_key: str, tmp_path: Path
         server.server_close()
         thread.join(5)
     assert result.size == len(data)
-    assert _sha((tmp_path / "o.jsonl").read_bytes()) == _sha(data)
+    assert sha256_hex((tmp_path / "o.jsonl").read_bytes()) == sha256_hex(data)
     assert server.seen == [None, f"bytes={len(data) // 2}-"]

@@ -13,7 +13,6 @@ Promises proved here (see docs/reliability.md):
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -26,36 +25,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import fsspec
 import pytest
 
 import dagster_together.client.download as download
 from dagster_together.client import TogetherClient
 from dagster_together.results import join_results
+from tests.helpers import fast_client, open_multipart_uploads, random_jsonl, sha256_hex
 
 MiB = 1024 * 1024
 
 
-def _payload(size: int, seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    lines, total = [], 0
-    while total < size:
-        line = f'{{"custom_id": "r{len(lines)}", "x": "{rng.getrandbits(256):064x}"}}\n'.encode()
-        lines.append(line)
-        total += len(line)
-    return b"".join(lines)[:size]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 @pytest.fixture
 def client(emulator: Any, api_key: str) -> Iterator[TogetherClient]:
-    with TogetherClient(
-        api_key, emulator.base_url, timeout=10, max_retries=2, backoff_base=0.01, backoff_max=0.05
-    ) as c:
+    with fast_client(emulator, api_key, timeout=10, max_retries=2) as c:
         yield c
 
 
@@ -163,17 +146,6 @@ def _proxy_options(proxy: S3FaultProxy) -> dict[str, Any]:
     }
 
 
-def _open_uploads(s3_server: Any, bucket_url: str) -> list[Any]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    return s3.list_multipart_uploads(Bucket=bucket_url.removeprefix("s3://")).get("Uploads", [])
-
-
 def test_s3_failing_mid_multipart_upload_leaves_nothing_and_a_retry_succeeds(
     client: TogetherClient,
     emulator: Any,
@@ -188,7 +160,7 @@ def test_s3_failing_mid_multipart_upload_leaves_nothing_and_a_retry_succeeds(
     # 5 MiB parts (S3's minimum): a 12 MiB file is a three-part upload; part 2 fails.
     monkeypatch.setattr(download, "REMOTE_BLOCK_SIZE", 5 * MiB)
     monkeypatch.setattr(download, "CHUNK_SIZE", 1 * MiB)
-    data = _payload(12 * MiB + 5)
+    data = random_jsonl(12 * MiB + 5)
     file_id = emulator.add_file(data)
     url = f"{s3_bucket}/batches/b1/output.jsonl"
     options = _proxy_options(s3_proxy)
@@ -206,15 +178,15 @@ def test_s3_failing_mid_multipart_upload_leaves_nothing_and_a_retry_succeeds(
     direct = fsspec.filesystem("s3", **s3_server.storage_options)
     assert not direct.exists(url)
     assert direct.find(s3_bucket) == []
-    assert _open_uploads(s3_server, s3_bucket) == []  # aborted, not left to be billed
+    assert open_multipart_uploads(s3_server, s3_bucket) == []  # aborted, not left to be billed
 
     s3_proxy.fail = None
     result = client.files.retrieve_content(file_id, output=url, storage_options=options)
     assert result.size == len(data)
     direct = fsspec.filesystem("s3", **s3_server.storage_options)
-    assert _sha(direct.cat(url)) == _sha(data)
+    assert sha256_hex(direct.cat(url)) == sha256_hex(data)
     assert direct.info(url)["ETag"].strip('"').endswith("-3")
-    assert _open_uploads(s3_server, s3_bucket) == []
+    assert open_multipart_uploads(s3_server, s3_bucket) == []
 
 
 def test_s3_failing_on_the_results_parquet_leaves_nothing_and_a_retry_succeeds(
@@ -301,7 +273,7 @@ def test_full_local_disk_during_a_download_leaves_nothing(
 ) -> None:
     """Promise: the disk filling up during a download raises ENOSPC, leaves neither the output
     nor a temporary file, and once there is room the same call writes the whole file."""
-    data = _payload(3 * MiB)
+    data = random_jsonl(3 * MiB)
     file_id = emulator.add_file(data)
     disk = tiny_disk
     if disk is None:  # no root: the file object raises ENOSPC instead of the kernel
@@ -320,7 +292,7 @@ def test_full_local_disk_during_a_download_leaves_nothing(
     else:
         assert _mount(disk, "16m", remount=True)
     result = client.files.retrieve_content(file_id, output=out)
-    assert result.size == len(data) and _sha(out.read_bytes()) == _sha(data)
+    assert result.size == len(data) and sha256_hex(out.read_bytes()) == sha256_hex(data)
     assert sorted(p.name for p in disk.rglob("*") if p.is_file()) == ["output.jsonl"]
 
 
