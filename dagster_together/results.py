@@ -5,28 +5,31 @@ order, gaps, duplicates or junk the output and error files hold, and returns a
 :class:`JoinSummary` (counts per status, unknown and duplicate ids, malformed lines, tokens by
 model, a preview).
 
-How it stays fast and small (memory is the inputs' ids plus a few blocks of output, never the
-whole output):
+How it stays fast and small (memory: the inputs' ids plus a few blocks of output, never the
+whole output; peak RSS does not grow with the batch beyond those ids):
 
-1. The inputs are read block by block; their columns go to a local Arrow IPC spill file in input
-   order and only the ids stay in memory, sorted, for lookups (``pyarrow.compute.search_sorted``).
-2. Output and error files are read in 4 MiB blocks of whole lines (a background thread reads
-   and parses the next block while the current one is processed). Each block is parsed by
-   pyarrow's JSON reader with an explicit schema of the fields we extract (unknown fields are
-   ignored), and the raw lines are kept as they are for the ``response`` column. A block pyarrow
-   cannot read (junk, a truncated line, a field of an unexpected type) is split in halves until
-   the bad lines are isolated; those few lines are read with :mod:`json`, and lines that are not a
-   JSON object with a ``custom_id`` are recorded in ``malformed_lines`` (and logged).
-3. Each parsed row is looked up among the input ids and spilled to a bucket file by input
-   position; a bucket covers a consecutive range of inputs (about 4 MiB of output each).
-4. Buckets are assembled one at a time, in input order: the first occurrence of each id wins,
-   inputs without a result get ``missing`` / ``expired`` / ``cancelled``, and the rows go to the
-   Parquet file (row groups of about 8 MiB) from a writer thread. The file is written to a
-   temporary name and published at the end (``os.replace`` locally, one upload for object
-   stores): nothing appears at the destination unless the whole join succeeded.
+1. Outputs and errors start to be read at once by a background thread, in 4 MiB blocks of
+   whole lines. Each block is parsed by pyarrow's JSON reader with an explicit schema of the
+   fields we extract (unknown fields are ignored) and the raw lines are kept for the
+   ``response`` column. A block pyarrow cannot read (junk, a truncated line, a field of an
+   unexpected type) is split in halves until the bad lines are isolated; those few lines are
+   read with :mod:`json`, and lines that are not a JSON object with a ``custom_id`` are
+   recorded in ``malformed_lines`` (and logged).
+2. Meanwhile the inputs are read the same way; their columns go to a local Arrow IPC spill file
+   in input order and only their ids stay in memory, sorted, for lookups
+   (``pyarrow.compute.search_sorted``).
+3. Each result row is looked up among the input ids and spilled, by input position, into
+   buckets (consecutive ranges of inputs, about 4 MiB of output each): one local file, one
+   ``writev`` of Arrow buffers per bucket a block touches.
+4. Buckets are assembled one at a time, in input order (one ``preadv`` per segment straight into
+   new Arrow buffers): the first occurrence of each id wins, inputs without a result get
+   ``missing`` / ``expired`` / ``cancelled``, and the rows go to the Parquet file (row groups of
+   about 8 MiB) from a writer thread. The file is written under a temporary name and published
+   at the end (``os.replace`` locally, one upload for object stores): nothing appears at the
+   destination unless the whole join succeeded.
 
-Measured (2 cores, 300,000 chat completions, 254 MB output + 142 MB input JSONL): see the
-project's benchmark suite (``make bench``) for the figures against a plain pyarrow pass.
+The spill needs about the size of the outputs plus the inputs on the local temporary directory
+(``TMPDIR``); it is removed whatever happens.
 
 This module imports neither Dagster nor httpx; pyarrow is imported inside the functions.
 """
@@ -91,6 +94,7 @@ _PARSE_BLOCK = 1024 * 1024  # pyarrow's unit of parallel parsing inside a block
 _BUCKET_BYTES = 4 * 1024 * 1024  # output bytes per bucket: what one assembly step holds
 _ROW_GROUP_BYTES = 8 * 1024 * 1024  # buckets are gathered into row groups of about this size
 _MAX_BUCKETS = 256
+_READ_AHEAD = 2  # output blocks parsed ahead (while the inputs are read)
 _SLOW_LINES = 32  # below this many lines a failing block is read line by line
 _MAX_RECORDED = 100  # malformed lines / id examples kept in the summary
 
@@ -237,24 +241,27 @@ def join_results(
     # (TMPDIR); they are removed whatever happens.
     spill_dir = tempfile.mkdtemp(prefix="dagster-together-join-")
     buckets = None
+    report = _Report(strict)
+    # Output files first, then error files: the first result seen for an id wins. Their
+    # reading starts now, beside the inputs'.
+    results = _read_results(_as_list(outputs) + _as_list(errors), opts, report)
     try:
         ins = _read_inputs(inputs, opts, spill_dir)
         if input_columns is not None:
             ins.add_columns(input_columns, opts)
         _give_back_memory()
         buckets = _Buckets(ins.n, _result_bytes(outputs, errors, opts), spill_dir)
-        report = _Report(strict)
-        # Output files first, then error files: the first result seen for an id wins.
-        for location in _as_list(outputs) + _as_list(errors):
-            for rows in _read_results(location, opts, report):
+        for tables in results:
+            for rows in tables:
                 buckets.add(rows, ins, report)
         buckets.close_writers()
         ins.forget_ids()  # the lookups are done: the biggest per-input structure can go
         _give_back_memory()
         summary = _assemble(ins, buckets, destination, opts, default_status, report)
     finally:
+        results.close()
         if buckets is not None:
-            buckets.close_writers()
+            buckets.close()
         shutil.rmtree(spill_dir, ignore_errors=True)
         _give_back_memory()
     summary = JoinSummary(**{**summary, "batch_status": batch_status})
@@ -366,6 +373,12 @@ def _int(value: int) -> pa.Scalar:
     return _int64s(array.array("q", [value]))[0]
 
 
+def _int32(value: int) -> pa.Scalar:
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(pa.int32(), 1, [None, pa.py_buffer(array.array("i", [value]))])[0]
+
+
 def _str(value: str) -> pa.Scalar:
     import pyarrow as pa
 
@@ -404,50 +417,67 @@ class _Failed:
 _DONE = object()
 
 
-def _prefetch(items: Iterator[Any]) -> Iterator[Any]:
-    """Yield ``items``, produced by a background thread one item ahead.
+class _Prefetcher:
+    """Items produced by a background thread, started at once, at most ``depth`` ahead.
 
-    A hand-over, not a buffer: the thread starts on the next item once the current one is
-    taken, so at most two items are alive (memory stays at two blocks).
+    ``depth=1`` is a hand-over: the thread starts on the next item once the current one is
+    taken, so at most two items are alive. A deeper queue lets the thread work ahead while the
+    consumer is busy elsewhere (e.g. outputs parsed while the inputs are still being read).
+    Errors in the thread are raised in the consumer; ``close`` stops the thread.
     """
-    slot: queue.Queue[Any] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    taken = threading.Event()
 
-    def produce() -> None:
+    def __init__(self, items: Iterator[Any], depth: int = 1) -> None:
+        self._slot: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._taken = threading.Event()
+        self._depth = depth
+        self._thread = threading.Thread(
+            target=self._produce, args=(items,), name="dagster-together-read", daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, items: Iterator[Any]) -> None:
+        slot = self._slot
         try:
             for item in items:
                 slot.put(item)
-                while slot.unfinished_tasks and not stop.is_set():
-                    taken.wait(0.05)  # until the consumer has it
-                taken.clear()
-                if stop.is_set():
+                while slot.unfinished_tasks >= self._depth and not self._stop.is_set():
+                    self._taken.wait(0.05)  # until the consumer has taken enough
+                self._taken.clear()
+                if self._stop.is_set():
                     return
             slot.put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
             slot.put(_Failed(exc))
 
-    thread = threading.Thread(target=produce, name="dagster-together-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = slot.get()
-            slot.task_done()
-            taken.set()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failed):
-                raise item.exc
-            yield item
-            del item
-    finally:
-        stop.set()
-        while thread.is_alive():  # let a blocked producer finish
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                item = self._slot.get()
+                self._slot.task_done()
+                self._taken.set()
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.exc
+                yield item
+                del item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # let a blocked producer finish
             try:
-                slot.get(timeout=0.05)
+                self._slot.get(timeout=0.05)
             except queue.Empty:
                 pass
-        thread.join()
+        self._thread.join()
+
+
+def _prefetch(items: Iterator[Any]) -> Iterator[Any]:
+    """Yield ``items``, produced by a background thread one item ahead (see _Prefetcher)."""
+    yield from _Prefetcher(items, depth=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -691,7 +721,7 @@ class _Inputs:
         table = table.drop_columns(["custom_id"])
         idx = self.lookup(ids.combine_chunks())
         keep = pc.is_valid(idx)
-        table = table.filter(keep)
+        table = table.filter(keep).combine_chunks()  # one chunk: take() is far faster on it
         idx = idx.filter(keep)
         order = pc.sort_indices(idx)  # stable: the first row of an id stays first
         idx = idx.take(order)
@@ -838,10 +868,13 @@ def _request_files(
     with ipc.new_stream(ins.spill, _request_columns_schema()) as writer:
         for location in locations:
             fs, path = _filesystem(location, opts)
-            blocks = _line_blocks(fs, path)
-            parsed = ((b, _pa_read(b, schema) if b.objects_only() else None) for b in blocks)
-            for block, table in _prefetch(parsed):
-                for part in _request_block(block, location, table):
+            # The background thread reads, parses and extracts; this one spills and keeps ids.
+            extracted = (
+                _request_block(b, location, _pa_read(b, schema) if b.objects_only() else None)
+                for b in _line_blocks(fs, path)
+            )
+            for parts in _prefetch(extracted):
+                for part in parts:
                     # Small batches: a slice of the spill read back then pins little memory.
                     writer.write_table(part, max_chunksize=4096)
                     ids.extend(part.column("custom_id").chunks)
@@ -1037,19 +1070,27 @@ def _row_schema() -> pa.Schema:
     )
 
 
-def _read_results(location: str, opts: dict[str, Any], report: _Report) -> Iterator[pa.Table]:
-    """Extracted rows of an output or error file, block by block (see :func:`_row_schema`)."""
-    fs, path = _filesystem(location, opts)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{location}: does not exist; check the outputs/errors location.")
+def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -> _Prefetcher:
+    """Extracted rows of output and error files, in order, from a background thread.
+
+    The thread starts at once and reads, parses and extracts (none of it needs the inputs) up
+    to ``_READ_AHEAD`` blocks ahead, so it works while the inputs are still being read; the
+    caller's thread then looks the ids up and spills. Each item is a list of tables.
+    """
     schema = _result_schema()
-    parsed = (
-        (b, _pa_read(b, schema) if b.objects_only() else None) for b in _line_blocks(fs, path)
-    )
-    for block, table in _prefetch(parsed):
-        for rows in _result_block(block, location, report, table):
-            if rows.num_rows:
-                yield rows
+
+    def blocks() -> Iterator[list[pa.Table]]:
+        for location in locations:
+            fs, path = _filesystem(location, opts)
+            if not fs.exists(path):
+                raise FileNotFoundError(
+                    f"{location}: does not exist; check the outputs/errors location."
+                )
+            for b in _line_blocks(fs, path):
+                table = _pa_read(b, schema) if b.objects_only() else None
+                yield [t for t in _result_block(b, location, report, table) if t.num_rows]
+
+    return _Prefetcher(blocks(), depth=_READ_AHEAD)
 
 
 def _result_block(
@@ -1265,28 +1306,42 @@ def _coalesce(*values: Any) -> Any:
 # Buckets: results spilled by input position
 # --------------------------------------------------------------------------------------------
 class _Buckets:
-    """Result rows spilled to a few local IPC files, each for a consecutive range of inputs.
+    """Result rows spilled to one local file in segments, read back bucket by bucket.
 
-    Rows are appended in the order they were read (output files, then error files), so within a
-    bucket file that order is kept and "first occurrence wins" needs no sequence number.
+    A bucket is a consecutive range of inputs (about ``_BUCKET_BYTES`` of output). Each block of
+    rows is sorted by bucket, and each bucket's rows are appended as one segment: for every
+    column, its validity bytes, then its fixed-width values or its string lengths and bytes,
+    all written by one ``writev`` straight from the Arrow buffers. Reading a bucket is one
+    ``preadv`` per segment straight into the buffers of the new arrays. So the cost grows with
+    the rows, not with blocks x buckets, and memory holds one block or one bucket at a time.
+
+    Segments are appended in read order (output files, then error files), so within a bucket
+    that order is kept and "first occurrence wins" needs no sequence number.
     """
 
     def __init__(self, n_inputs: int, result_bytes: int, spill_dir: str) -> None:
+        import pyarrow as pa
+
         count = max(1, min(math.ceil(result_bytes / _BUCKET_BYTES), _MAX_BUCKETS, n_inputs or 1))
         self.size = max(1, math.ceil(n_inputs / count))  # inputs per bucket
-        self.dir = spill_dir
-        self.writers: dict[int, Any] = {}
-
-    def path(self, bucket: int) -> str:
-        return os.path.join(self.dir, f"bucket-{bucket:04d}.arrows")
+        self.count = max(1, math.ceil(n_inputs / self.size))
+        self.schema = pa.schema([*list(_row_schema())[1:], pa.field("idx", pa.int64())])
+        self.strings = [pa.types.is_string(f.type) for f in self.schema]
+        self.path = os.path.join(spill_dir, "results.spill")
+        self.fd: int | None = None
+        self.end = 0  # bytes written so far
+        # Per bucket: (file offset, rows, byte length of each string column) of each segment.
+        self.segments: list[list[tuple[int, int, tuple[int, ...]]]] = [
+            [] for _ in range(self.count)
+        ]
 
     def bounds(self, n: int) -> list[tuple[int, int]]:
         return [(lo, min(lo + self.size, n)) for lo in range(0, n, self.size)] or [(0, 0)]
 
     def add(self, rows: pa.Table, ins: _Inputs, report: _Report) -> None:
-        """Spill a block of extracted rows to the buckets of their inputs."""
+        """Spill a block of extracted rows, one segment per bucket it touches."""
+        import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.ipc as ipc
 
         ids = rows.column("custom_id").combine_chunks()
         idx = ins.lookup(ids)
@@ -1300,32 +1355,149 @@ class _Buckets:
             return
         rows = rows.drop_columns(["custom_id"]).append_column("idx", idx)
         bucket = pc.divide(idx, _int(self.size))
-        if pc.min_max(bucket)["min"] != pc.min_max(bucket)["max"]:
-            order = pc.sort_indices(bucket)  # stable: read order is kept within a bucket
-            rows, bucket = rows.take(order), bucket.take(order)
-        start = 0
-        for item in pc.value_counts(bucket):
-            b, count = item["values"].as_py(), item["counts"].as_py()
-            writer = self.writers.get(b)
-            if writer is None:
-                writer = self.writers[b] = ipc.new_stream(self.path(b), rows.schema)
-            writer.write_table(rows.slice(start, count))
-            start += count
+        order = pc.sort_indices(bucket)  # stable: read order is kept within a bucket
+        rows = rows.take(order).combine_chunks()
+        bucket = bucket.take(order)
+        counts = pc.value_counts(bucket)
+        buckets = counts.field("values").to_pylist()
+        cuts = [0]
+        for count in counts.field("counts").to_pylist():
+            cuts.append(cuts[-1] + count)
+        # Per column: the buffers to slice, and for strings the byte offset of every cut.
+        parts = []
+        cut_array = _int64s(array.array("q", cuts))
+        for column, is_string in zip(rows.columns, self.strings, strict=True):
+            arr = column.chunk(0)
+            valid = memoryview(pc.is_valid(arr).cast(pa.uint8()).buffers()[1])
+            if is_string:
+                lengths = pc.coalesce(pc.binary_length(arr), _int32(0)).buffers()[1]
+                offsets = pa.Array.from_buffers(
+                    pa.int32(), arr.offset + len(arr) + 1, [None, arr.buffers()[1]]
+                )
+                at = offsets.take(pc.add(cut_array, _int(arr.offset))).to_pylist()
+                parts.append((valid, memoryview(lengths), memoryview(arr.buffers()[2]), at))
+            else:
+                values = memoryview(arr.buffers()[1])[arr.offset * 8 :]
+                parts.append((valid, values, None, None))
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        for k, b in enumerate(buckets):
+            lo, hi = cuts[k], cuts[k + 1]
+            views = []
+            text_sizes = []
+            for valid, values, data, at in parts:
+                views.append(valid[lo:hi])
+                if data is None:
+                    views.append(values[lo * 8 : hi * 8])
+                else:
+                    views.append(values[lo * 4 : hi * 4])
+                    views.append(data[at[k] : at[k + 1]])
+                    text_sizes.append(at[k + 1] - at[k])
+            size = _write_all(self.fd, views)
+            self.segments[b].append((self.end, hi - lo, tuple(text_sizes)))
+            self.end += size
 
     def close_writers(self) -> None:
-        """Finish every bucket file (closing twice is harmless)."""
-        for writer in self.writers.values():
-            writer.close()
+        """Finish writing (closing twice is harmless)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def read(self, bucket: int) -> pa.Table | None:
+        """The rows of one bucket (None if it has none), read straight into new buffers."""
         import pyarrow as pa
-        import pyarrow.ipc as ipc
+        import pyarrow.compute as pc
 
-        if bucket not in self.writers:
+        segments = self.segments[bucket] if bucket < self.count else []
+        if not segments:
             return None
-        # Memory-mapped: the caller's one copy (combine_chunks) reads straight from the page
-        # cache; the mapping goes away with the table. The file goes with the spill directory.
-        return ipc.open_stream(pa.memory_map(self.path(bucket))).read_all()
+        n = sum(rows for _, rows, _ in segments)
+        texts = [sum(sizes[i] for _, _, sizes in segments) for i in range(sum(self.strings))]
+        buffers = []  # per column: [valid, values or lengths, (data)]
+        t = 0
+        for is_string in self.strings:
+            if is_string:
+                buffers.append([bytearray(n), bytearray(4 * n), bytearray(texts[t])])
+                t += 1
+            else:
+                buffers.append([bytearray(n), bytearray(8 * n)])
+        views = [[memoryview(b) for b in column] for column in buffers]
+        row = 0
+        text_at = [0] * len(texts)
+        with open(self.path, "rb", buffering=0) as handle:
+            for offset, rows, sizes in segments:
+                targets = []
+                t = 0
+                for is_string, column in zip(self.strings, views, strict=True):
+                    targets.append(column[0][row : row + rows])
+                    if is_string:
+                        targets.append(column[1][4 * row : 4 * (row + rows)])
+                        targets.append(column[2][text_at[t] : text_at[t] + sizes[t]])
+                        text_at[t] += sizes[t]
+                        t += 1
+                    else:
+                        targets.append(column[1][8 * row : 8 * (row + rows)])
+                _read_all(handle, targets, offset)
+                row += rows
+        arrays = []
+        for spec, is_string, column in zip(self.schema, self.strings, buffers, strict=True):
+            valid = pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(column[0])])
+            validity = None
+            if pc.min(valid).as_py() == 0:
+                validity = pc.not_equal(valid, _int(0)).buffers()[1]
+            if is_string:
+                lengths = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(column[1])])
+                ends = pc.cumulative_sum(lengths.cast(pa.int64()))
+                offsets = pa.concat_arrays([_int64s(array.array("q", [0])), ends])
+                arrays.append(
+                    pa.StringArray.from_buffers(
+                        n,
+                        offsets.cast(pa.int32()).buffers()[1],
+                        pa.py_buffer(column[2]),
+                        validity,
+                    )
+                )
+            else:
+                arrays.append(
+                    pa.Array.from_buffers(spec.type, n, [validity, pa.py_buffer(column[1])])
+                )
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+    def close(self) -> None:
+        self.close_writers()
+
+
+def _write_all(fd: int, views: list[memoryview]) -> int:
+    """Write every view at the end of ``fd`` (one ``writev`` where there is one); bytes written."""
+    total = sum(v.nbytes for v in views)
+    if hasattr(os, "writev"):
+        done = os.writev(fd, views)
+        if done == total:
+            return total
+    else:
+        done = 0
+    # A short write (rare, e.g. a full disk): the rest, piece by piece, raising on failure.
+    data = b"".join(views)[done:]
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+    return total
+
+
+def _read_all(handle: Any, targets: list[memoryview], offset: int) -> None:
+    """Fill ``targets`` with the bytes at ``offset`` (one ``preadv`` where there is one)."""
+    total = sum(t.nbytes for t in targets)
+    if hasattr(os, "preadv"):
+        if os.preadv(handle.fileno(), targets, offset) == total:
+            return
+    handle.seek(offset)
+    for target in targets:
+        view = target
+        while view.nbytes:
+            got = handle.readinto(view)
+            if not got:
+                raise OSError(f"spill file ended early at {offset}: not the bytes written")
+            view = view[got:]
 
 
 def _first_of_runs(values: Any) -> Any:
@@ -1400,8 +1572,10 @@ def _assemble(
     try:
         bounds = buckets.bounds(ins.n)
         for b, ((lo, hi), inputs) in enumerate(zip(bounds, ins.slices(bounds), strict=True)):
-            if b in buckets.writers:
-                results = _pick(buckets.read(b), lo, hi, inputs, report)
+            spilled = buckets.read(b)
+            if spilled is not None:
+                results = _pick(spilled, lo, hi, inputs, report)
+                del spilled
             else:
                 results = pa.Table.from_arrays(
                     [pa.nulls(hi - lo, t) for t in result_schema.types], schema=result_schema
@@ -1468,7 +1642,9 @@ def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
     costs time; ids, statuses, models, codes and counts keep both (they make filters fast).
     """
     small = [f.name for f in schema if f.name not in _TEXT_COLUMNS]
-    return {"use_dictionary": small, "write_statistics": small}
+    # Bigger pages than the 1 MiB default: fewer page headers and compression calls for the
+    # long texts (a row group holds about one page per column).
+    return {"use_dictionary": small, "write_statistics": small, "data_page_size": 4 << 20}
 
 
 def _pick(spilled: pa.Table, lo: int, hi: int, inputs: pa.Table, report: _Report) -> pa.Table:
@@ -1490,10 +1666,7 @@ def _pick(spilled: pa.Table, lo: int, hi: int, inputs: pa.Table, report: _Report
             inputs.column("custom_id").take(dup_positions.slice(0, _MAX_RECORDED)).to_pylist(),
         )
         order, idx = order.filter(first), idx.filter(first)
-    # One chunk first: take() resolving chunks per index is ten times slower.
-    wide = spilled.drop_columns(["idx"]).combine_chunks()
-    del spilled  # the caller holds no reference: the chunks are freed here
-    return wide.take(order.take(_scatter(idx, lo, hi)))
+    return spilled.drop_columns(["idx"]).take(order.take(_scatter(idx, lo, hi)))
 
 
 def _add_tokens(tokens: dict[str, dict[str, int]], rows: pa.Table) -> None:
