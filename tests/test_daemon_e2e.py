@@ -6,9 +6,7 @@ workers reach them over loopback."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,27 +20,17 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
+from tests.helpers import CODE_LOCATION_HEADER, stop_process_group, write_dagster_project
+
 N_PROMPTS = 6
 PER_BATCH = 3  # -> two batches, two partitions, two runs launched by the daemon
 RESULTS_KEY = dg.AssetKey("docs_results")
 RESULTS_JOB = "docs_results_job"
 SENSOR = "docs_batch_sensor"
 
-CODE_LOCATION = '''
-"""A tiny code location for the daemon test (written by tests/test_daemon_e2e.py)."""
-
-import json
-
-import dagster as dg
-import pyarrow as pa
-
-from dagster_together.assets import together_batch_assets
-from dagster_together.requests import RequestTemplate
-from dagster_together.resources import TogetherResource
-
-CONFIG = json.loads({config!r})
-
-
+CODE_LOCATION = (
+    CODE_LOCATION_HEADER
+    + """
 @dg.asset
 def prompts() -> pa.Table:
     n = CONFIG["n_prompts"]
@@ -73,7 +61,8 @@ defs = dg.Definitions.merge(
         }},
     ),
 )
-'''
+"""
+)
 
 WORKSPACE = """\
 load_from:
@@ -108,9 +97,6 @@ def project(
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
     """The code location, workspace and instance directory, written into tmp_path."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
     config = {
         "n_prompts": N_PROMPTS,
         "per_batch": PER_BATCH,
@@ -118,11 +104,15 @@ def project(
         "storage_options": s3_server.storage_options,
         "base_url": emulator.base_url,
     }
-    (tmp_path / "defs.py").write_text(CODE_LOCATION.format(config=json.dumps(config)))
-    (tmp_path / "workspace.yaml").write_text(WORKSPACE)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("TOGETHER_API_KEY", api_key)
-    return {"home": home, "config": config}
+    return write_dagster_project(
+        tmp_path,
+        monkeypatch,
+        api_key,
+        dagster_yaml=DAGSTER_YAML,
+        code_location=CODE_LOCATION,
+        config=config,
+        workspace=WORKSPACE,
+    )
 
 
 @pytest.fixture
@@ -147,23 +137,6 @@ def _start_daemon(tmp_path: Path) -> subprocess.Popen[bytes]:
         )
     finally:
         log.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the daemon's process group, then SIGKILL to whatever is left of it."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # the code server or a run worker may outlive the daemon by a moment
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def _daemon_log(tmp_path: Path) -> str:
@@ -198,7 +171,7 @@ def test_daemon_runs_the_sensor_and_the_results_land_in_s3(
         time.sleep(4)
         runs = instance.get_runs(dg.RunsFilter(job_name=RESULTS_JOB))
     finally:
-        _stop(daemon)
+        stop_process_group(daemon)
 
     assert sorted(run.tags["dagster/partition"] for run in runs) == batch_ids
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)

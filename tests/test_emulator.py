@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from dagster_together.emulator import Emulator
+from tests.helpers import free_port
 
 KEY = "k"
 REPO = Path(__file__).resolve().parents[1]
@@ -636,14 +637,8 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_python_m_emulator_serves_and_streams_uploads_with_flat_memory(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,

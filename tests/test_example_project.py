@@ -25,17 +25,12 @@ from dagster_together.results import STATUSES
 from example_project import local_emulator, pipeline
 from example_project.demo import run_demo
 from example_project.reviews import make_reviews
+from tests.helpers import free_port
 
 # example_project is not installed: pytest's `pythonpath = ["."]` puts the repo on sys.path.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 N_REVIEWS = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -147,7 +142,7 @@ print(json.dumps({"pid": emu.pid, "started": emu.started, "base_url": emu.base_u
 @pytest.fixture
 def emulator_port(tmp_path: Path) -> Iterator[int]:
     """A free port; whatever emulator ends up on it is stopped afterwards (pid file)."""
-    port = _free_port()
+    port = free_port()
     try:
         yield port
     finally:
@@ -223,7 +218,7 @@ def test_make_dev_serves_the_example_and_shuts_down(
     emulator: Any, api_key: str, tmp_path: Path
 ) -> None:
     """``python -m example_project.dev``: dagster dev on the example, stopped like ``kill``."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "TOGETHER_BASE_URL": emulator.base_url,  # no local emulator: nothing on port 8765

@@ -4,10 +4,7 @@ uploads the prompts to the emulator (in this process, over loopback) and creates
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,24 +16,14 @@ import dagster as dg
 import httpx
 import pytest
 
+from tests.helpers import CODE_LOCATION_HEADER, free_port, stop_process_group, write_dagster_project
+
 LOCATION = "webserver_e2e"
 N_PROMPTS = 4
 
-CODE_LOCATION = '''
-"""A tiny code location for the webserver test (written by tests/test_webserver_graphql.py)."""
-
-import json
-
-import dagster as dg
-import pyarrow as pa
-
-from dagster_together.assets import together_batch_assets
-from dagster_together.requests import RequestTemplate
-from dagster_together.resources import TogetherResource
-
-CONFIG = json.loads({config!r})
-
-
+CODE_LOCATION = (
+    CODE_LOCATION_HEADER
+    + """
 @dg.asset
 def prompts() -> pa.Table:
     n = CONFIG["n_prompts"]
@@ -62,7 +49,8 @@ defs = dg.Definitions.merge(
         }},
     ),
 )
-'''
+"""
+)
 
 WORKSPACE = f"""\
 load_from:
@@ -118,29 +106,24 @@ LOCATIONS_QUERY = """
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def project(
     tmp_path: Path, emulator: Any, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
     config = {
         "n_prompts": N_PROMPTS,
         "storage_url": str(tmp_path / "store"),
         "base_url": emulator.base_url,
     }
-    (tmp_path / "defs.py").write_text(CODE_LOCATION.format(config=json.dumps(config)))
-    (tmp_path / "workspace.yaml").write_text(WORKSPACE)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("TOGETHER_API_KEY", api_key)
-    return {"home": home, "config": config}
+    return write_dagster_project(
+        tmp_path,
+        monkeypatch,
+        api_key,
+        dagster_yaml=DAGSTER_YAML,
+        code_location=CODE_LOCATION,
+        config=config,
+        workspace=WORKSPACE,
+    )
 
 
 class Webserver:
@@ -166,7 +149,7 @@ class Webserver:
 
 @pytest.fixture
 def webserver(tmp_path: Path, project: dict[str, Any]) -> Iterator[Webserver]:
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "webserver.log"
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
@@ -193,7 +176,7 @@ def webserver(tmp_path: Path, project: dict[str, Any]) -> Iterator[Webserver]:
         yield server
     finally:
         server.http.close()
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def _wait_until_ready(server: Webserver, timeout: float = 90.0) -> None:
@@ -210,23 +193,6 @@ def _wait_until_ready(server: Webserver, timeout: float = 90.0) -> None:
         except httpx.TransportError:
             pass  # not listening yet
         time.sleep(0.3)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the webserver's process group, then SIGKILL to whatever is left of it."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 @pytest.mark.timeout(180)
