@@ -5,6 +5,7 @@ write the JSON. Exits 0 even when targets are missed (it is a report); FAIL rows
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -78,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         ctx.close()
     wall = time.perf_counter() - started
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print_table(rows, info, wall)
     options = {"quick": args.quick, "only": args.only, "sizes": ctx.sizes.__dict__}
     write_json(out, rows, info, wall, options)

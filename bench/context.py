@@ -29,7 +29,8 @@ class Sizes:
     asset_n: int  # requests in the batch of the results-asset figure
     backfill_partitions: int
     backfill_n: int  # requests per backfilled batch
-    repeats: int  # best of N for short measurements
+    repeats: int  # best of N for measurements of a few seconds
+    repeats_long: int  # best of N for the slow ones (1 GB transfers)
 
 
 FULL = Sizes(
@@ -43,7 +44,8 @@ FULL = Sizes(
     asset_n=50_000,
     backfill_partitions=20,
     backfill_n=50_000,
-    repeats=3,
+    repeats=5,
+    repeats_long=3,
 )
 
 QUICK = Sizes(
@@ -58,6 +60,7 @@ QUICK = Sizes(
     backfill_partitions=20,
     backfill_n=2_000,
     repeats=1,
+    repeats_long=1,
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from typing import Any
 __all__ = [
     "MB",
     "CommandResult",
+    "cpu_seconds",
     "TaskError",
     "peak_rss",
     "reset_peak_rss",
@@ -68,15 +70,24 @@ def reset_peak_rss() -> int:
     return rss()
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process and its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 @contextmanager
 def timed() -> Iterator[dict[str, float]]:
-    """``with timed() as t: ...`` then ``t["seconds"]`` is the wall time of the block."""
+    """``with timed() as t: ...`` then ``t["seconds"]`` is the wall time of the block and
+    ``t["cpu_seconds"]`` the CPU time spent in it (all threads, and children reaped in it)."""
     box: dict[str, float] = {}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     try:
         yield box
     finally:
         box["seconds"] = time.perf_counter() - start
+        box["cpu_seconds"] = cpu_seconds() - cpu
 
 
 # -- child processes ---------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def machine() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
         "versions": {p: _version(p) for p in packages} | {"curl": _curl_version()},
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -125,6 +126,8 @@ def print_table(rows: list[Row], info: dict[str, Any], wall_seconds: float) -> N
     print()
     print(f"Machine: {machine_line(info)}")
     print(f"Suite wall time: {wall_seconds:.0f} s")
+    load = info.get("loadavg_at_start"), info.get("loadavg_at_end")
+    print(f"Load average (1, 5, 15 min) at start {load[0]}, at end {load[1]}")
     misses = [r for r in rows if r.passed is not True]
     if misses:
         print()
