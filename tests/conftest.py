@@ -28,6 +28,24 @@ def emulator() -> Iterator[Any]:
         yield emu
 
 
+@pytest.fixture
+def slow_emu(api_key: str) -> Iterator[Any]:
+    """Batches stay IN_PROGRESS until a test forces a final status (or cancels them)."""
+    from dagster_together.emulator import Emulator
+
+    with Emulator(api_key=api_key, validate_seconds=0.0, run_seconds=3600) as emu:
+        yield emu
+
+
+@pytest.fixture
+def instance() -> Iterator[Any]:
+    """A throwaway Dagster instance (``dg.instance_for_test``)."""
+    import dagster as dg
+
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
 @dataclass(frozen=True)
 class S3Server:
     endpoint_url: str

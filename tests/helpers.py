@@ -85,7 +85,7 @@ def content_calls(emulator: Any) -> list[Any]:
     return [r for r in emulator.requests if r.path.endswith("/content")]
 
 
-def wait_terminal(emulator: Any, ids: list[str] | None, timeout: float = 10.0) -> None:
+def wait_terminal(emulator: Any, ids: list[str] | None = None, timeout: float = 10.0) -> None:
     """Until the batches ``ids`` are in a final status; ``None``: every batch (at least one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

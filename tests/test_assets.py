@@ -3,8 +3,6 @@ storage (local files and S3 on a moto server)."""
 
 import json
 import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from dagster_together.assets import TogetherBatchDefs, together_batch_assets
 from dagster_together.requests import RequestTemplate
 from dagster_together.resources import TogetherResource
 from dagster_together.storage import BatchStorageLayout
+from tests.helpers import wait_terminal
 
 TEMPLATE = RequestTemplate(
     model="meta-llama/Llama-3.3-70B-Instruct-Turbo",
@@ -79,16 +78,6 @@ def submit_metadata(result: dg.ExecuteInProcessResult, bundle: TogetherBatchDefs
     return {k: v.value for k, v in mat.metadata.items()}
 
 
-def wait_terminal(emulator: Any, ids: list[str], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = {b["id"]: b["status"] for b in emulator.batches()}
-        if all(status[i] in ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED") for i in ids):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"batches not terminal in time: {status}")
-
-
 def materialize_results(
     bundle: TogetherBatchDefs,
     batch_id: str,
@@ -126,12 +115,6 @@ def checks(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 def batch_posts(emulator: Any) -> int:
     return sum(1 for r in emulator.requests if r.method == "POST" and r.path == "/v1/batches")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster_together.client
+from tests.helpers import modules_added_by_import
 
 CLIENT_DIR = Path(dagster_together.client.__file__).parent
 
@@ -31,12 +29,6 @@ def test_client_source_never_imports_dagster_or_pyarrow() -> None:
 
 def test_importing_the_client_loads_nothing_heavy() -> None:
     # Measured against `import dagster_together`, whatever the package itself imports.
-    code = (
-        "import sys, json; import dagster_together; before = set(sys.modules); "
-        "import dagster_together.client; "
-        "print(json.dumps(sorted(set(sys.modules) - before)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    added = json.loads(out.stdout)
+    added = modules_added_by_import("dagster_together", "dagster_together.client")
     heavy = ("dagster.", "pyarrow", "fsspec", "s3fs", "botocore", "tqdm", "pandas")
     assert [m for m in added if m == "dagster" or m.startswith(heavy)] == []

@@ -4,11 +4,7 @@ results run launched from its run request."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +16,7 @@ from dagster.components.testing import DefsFolderSandbox, create_defs_folder_san
 
 import dagster_together
 from dagster_together.components import TogetherBatchComponent
+from tests.helpers import modules_added_by_import, wait_terminal
 
 TYPE = "dagster_together.components.TogetherBatchComponent"
 
@@ -70,16 +67,6 @@ def write_yaml(sandbox: DefsFolderSandbox, folder: str, text: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "defs.yaml").write_text(textwrap.dedent(text))
     return path
-
-
-def wait_terminal(emulator: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        statuses = [b["status"] for b in emulator.batches()]
-        if statuses and all(s in ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED") for s in statuses):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"batches not finished in time: {emulator.batches()}")
 
 
 def test_defs_yaml_loads_and_runs_end_to_end(
@@ -233,14 +220,9 @@ def test_scaffolded_defs_yaml_loads(sandbox: DefsFolderSandbox) -> None:
 
 
 def test_component_import_loads_nothing_heavy() -> None:
-    code = (
-        "import sys, json; import dagster; before = set(sys.modules); "
-        "import dagster_together.components; "
-        "print(json.dumps(sorted(set(sys.modules) - before)))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    added = modules_added_by_import("dagster", "dagster_together.components")
     heavy = ("httpx", "pyarrow", "fsspec", "s3fs", "botocore", "pandas")
-    assert [m for m in json.loads(out.stdout) if m.startswith(heavy)] == []
+    assert [m for m in added if m.startswith(heavy)] == []
 
 
 @pytest.mark.skipif(

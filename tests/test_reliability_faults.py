@@ -17,7 +17,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,13 +31,6 @@ from tests.helpers import content_calls, random_jsonl, sha256_hex, write_request
 
 MiB = 1024 * 1024
 RETRY_AFTER = 0.3  # seconds the server asks for; the client's own backoff is 1000x shorter
-
-
-@pytest.fixture
-def slow_emu(api_key: str) -> Iterator[Emulator]:
-    """Batches stay IN_PROGRESS (so that they can still be cancelled)."""
-    with Emulator(api_key=api_key, validate_seconds=0.0, run_seconds=3600) as emu:
-        yield emu
 
 
 def _fast_client(emu: Emulator, api_key: str, **kwargs: Any) -> TogetherClient:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dagster_together import TogetherResource, together_batch_assets
-from dagster_together.assets import TogetherBatchDefs
 from dagster_together.emulator import Emulator
-from dagster_together.requests import RequestTemplate
 from dagster_together.sensors import BATCH_STATUS_TAG
-
-TEMPLATE = RequestTemplate(model="m", prompt_column="text")
-TERMINAL = ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
+from tests.helpers import SensorPipeline, wait_terminal
 
 
 def prompts_table(n: int, error_rows: tuple[int, ...] = ()) -> pa.Table:
@@ -56,7 +44,7 @@ def prompts_table(n: int, error_rows: tuple[int, ...] = ()) -> pa.Table:
     )
 
 
-class Pipeline:
+class Pipeline(SensorPipeline):
     """Prompts + submit + results + sensor on one emulator and one instance."""
 
     def __init__(
@@ -68,46 +56,11 @@ class Pipeline:
         table: pa.Table,
         **kwargs: Any,
     ) -> None:
-        @dg.asset(name="prompts")
-        def prompts() -> pa.Table:
-            return table
-
-        self.emu, self.instance, self.prompts = emu, instance, prompts
-        self.bundle: TogetherBatchDefs = together_batch_assets(
-            name="docs",
-            prompts=prompts,
-            storage_url=str(store),
-            template=TEMPLATE,
-            id_column="id",
-            results_retry_policy=None,
-            **kwargs,
-        )
-        self.resources = {"together": TogetherResource(api_key=api_key, base_url=emu.base_url)}
-        self.defs = dg.Definitions.merge(
-            self.bundle.defs, dg.Definitions(assets=[prompts], resources=self.resources)
-        )
-        self.cursor: str | None = None
-
-    def submit(self) -> list[str]:
-        result = dg.materialize(
-            [self.prompts, self.bundle.submit_asset],
-            instance=self.instance,
-            resources=self.resources,
-        )
-        [mat] = result.asset_materializations_for_node(self.bundle.submit_asset.node_def.name)
-        return list(mat.metadata["batch_ids"].value)
+        super().__init__(emu, api_key, instance, store, table, results_retry_policy=None, **kwargs)
 
     def tick(self) -> dict[str, dg.RunRequest]:
-        """One evaluation; like the daemon, the cursor is kept only when the tick succeeds."""
-        with dg.build_sensor_context(
-            instance=self.instance,
-            cursor=self.cursor,
-            definitions=self.defs,
-            resources=self.resources,
-        ) as context:
-            result = self.bundle.sensor(context)
-        if isinstance(result, dg.SensorResult) and result.cursor is not None:
-            self.cursor = result.cursor
+        """One evaluation: the run requests it made, by partition."""
+        result = self.evaluate_sensor()
         if not isinstance(result, dg.SensorResult):
             return {}
         return {r.partition_key: r for r in result.run_requests or [] if r.partition_key}
@@ -135,23 +88,6 @@ class Pipeline:
         for record in records.records:
             counts[str(record.partition_key)] = counts.get(str(record.partition_key), 0) + 1
         return counts
-
-
-def wait_terminal(emu: Emulator, ids: list[str], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = {b["id"]: b["status"] for b in emu.batches()}
-        if all(status[i] in TERMINAL for i in ids):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"batches not terminal in time: {status}")
-
-
-@pytest.fixture
-def slow_emu(api_key: str) -> Iterator[Emulator]:
-    """Batches stay IN_PROGRESS until a test forces a final status."""
-    with Emulator(api_key=api_key, validate_seconds=0.0, run_seconds=3600) as emu:
-        yield emu
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ request per finished batch whatever its status, no duplicates, and API outages s
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,77 +11,33 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from dagster_together.assets import TogetherBatchDefs, together_batch_assets
 from dagster_together.emulator import Emulator
-from dagster_together.requests import RequestTemplate
 from dagster_together.resources import TogetherResource
 from dagster_together.sensors import BATCH_STATUS_TAG, together_batch_sensor
-
-TEMPLATE = RequestTemplate(model="m", prompt_column="text")
-
-
-@pytest.fixture
-def slow_emulator(api_key: str) -> Iterator[Emulator]:
-    """Batches stay IN_PROGRESS until a test forces a final status."""
-    with Emulator(api_key=api_key, validate_seconds=0.0, run_seconds=3600) as emu:
-        yield emu
+from tests.helpers import SensorPipeline
 
 
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-class Pipeline:
+class Pipeline(SensorPipeline):
     """A submitted pipeline plus a way to tick its sensor like the daemon does."""
 
     def __init__(
         self, emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path, n: int
     ) -> None:
         table = pa.table({"id": list(range(n)), "text": [f"prompt {i}" for i in range(n)]})
-
-        @dg.asset(name="prompts")
-        def prompts() -> pa.Table:
-            return table
-
-        self.emu = emu
-        self.instance = instance
-        self.bundle: TogetherBatchDefs = together_batch_assets(
-            name="docs",
-            prompts=prompts,
-            storage_url=str(tmp_path / "store"),
-            template=TEMPLATE,
-            id_column="id",
+        super().__init__(
+            emu,
+            api_key,
+            instance,
+            tmp_path / "store",
+            table,
             max_requests_per_batch=1,  # one batch per row: n batches
         )
-        self.resources = {"together": TogetherResource(api_key=api_key, base_url=emu.base_url)}
-        self.defs = dg.Definitions.merge(
-            self.bundle.defs, dg.Definitions(assets=[prompts], resources=self.resources)
-        )
-        self.cursor: str | None = None
-        if n:
-            result = dg.materialize(
-                [prompts, self.bundle.submit_asset], instance=instance, resources=self.resources
-            )
-            [mat] = result.asset_materializations_for_node(self.bundle.submit_asset.node_def.name)
-            self.batch_ids: list[str] = list(mat.metadata["batch_ids"].value)
-        else:
-            self.batch_ids = []
+        self.batch_ids: list[str] = self.submit() if n else []
 
     def tick(self) -> dg.SensorResult | dg.SkipReason:
-        """One evaluation; like the daemon, the cursor is kept only when the tick succeeds."""
+        """One evaluation (the emulator's request log cleared first)."""
         self.emu.clear_requests()
-        with dg.build_sensor_context(
-            instance=self.instance,
-            cursor=self.cursor,
-            definitions=self.defs,
-            resources=self.resources,
-        ) as context:
-            result = self.bundle.sensor(context)
-        if isinstance(result, dg.SensorResult) and result.cursor is not None:
-            self.cursor = result.cursor
-        return result
+        return self.evaluate_sensor()
 
     def api_calls(self) -> list[tuple[str, str]]:
         return [(r.method, r.path) for r in self.emu.requests]
@@ -100,9 +55,9 @@ def requested(result: Any) -> dict[str, str]:
 
 
 def test_one_run_per_final_status_no_duplicates(
-    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+    slow_emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
-    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=5)
+    p = Pipeline(slow_emu, api_key, instance, tmp_path, n=5)
     b = p.batch_ids
 
     # Nothing finished: no run request, exactly one list call, no per-job call.
@@ -110,18 +65,18 @@ def test_one_run_per_final_status_no_duplicates(
         assert requested(p.tick()) == {}
         assert p.api_calls() == [("GET", "/v1/batches")]
 
-    slow_emulator.set_batch_status(b[0], "COMPLETED")
-    slow_emulator.set_batch_status(b[1], "FAILED")
+    slow_emu.set_batch_status(b[0], "COMPLETED")
+    slow_emu.set_batch_status(b[1], "FAILED")
     assert requested(p.tick()) == {b[0]: "COMPLETED", b[1]: "FAILED"}
     assert p.api_calls() == [("GET", "/v1/batches")]
     assert requested(p.tick()) == {}  # already launched: not again
 
-    slow_emulator.set_batch_status(b[2], "EXPIRED", done_fraction=0.0)
-    slow_emulator.set_batch_status(b[3], "CANCELLED", done_fraction=0.0)
+    slow_emu.set_batch_status(b[2], "EXPIRED", done_fraction=0.0)
+    slow_emu.set_batch_status(b[3], "CANCELLED", done_fraction=0.0)
     assert requested(p.tick()) == {b[2]: "EXPIRED", b[3]: "CANCELLED"}
     assert p.api_calls() == [("GET", "/v1/batches")]
 
-    slow_emulator.set_batch_status(b[4], "COMPLETED")
+    slow_emu.set_batch_status(b[4], "COMPLETED")
     assert requested(p.tick()) == {b[4]: "COMPLETED"}
 
     # Everything handed over: the sensor does not even call the API.
@@ -132,43 +87,43 @@ def test_one_run_per_final_status_no_duplicates(
 
 @pytest.mark.parametrize("outage", ["503", "connection refused"])
 def test_api_outage_loses_nothing_and_launches_nothing_twice(
-    slow_emulator: Emulator,
+    slow_emu: Emulator,
     api_key: str,
     instance: dg.DagsterInstance,
     tmp_path: Path,
     outage: str,
 ) -> None:
-    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=3)
+    p = Pipeline(slow_emu, api_key, instance, tmp_path, n=3)
     b = p.batch_ids
-    slow_emulator.set_batch_status(b[0], "COMPLETED")
+    slow_emu.set_batch_status(b[0], "COMPLETED")
     assert requested(p.tick()) == {b[0]: "COMPLETED"}
 
-    slow_emulator.set_batch_status(b[1], "FAILED")
+    slow_emu.set_batch_status(b[1], "FAILED")
     if outage == "503":
-        slow_emulator.add_fault("GET", r"^/v1/batches$", kind="status", status=503, times=None)
+        slow_emu.add_fault("GET", r"^/v1/batches$", kind="status", status=503, times=None)
     else:
-        slow_emulator.stop()
+        slow_emu.stop()
     started = time.monotonic()
     with pytest.raises(Exception, match="batches"):
         p.tick()
     assert time.monotonic() - started < 20  # bounded retries: far below the sensor timeout
     if outage == "503":
         assert p.api_calls() == [("GET", "/v1/batches")] * 2  # one try + one retry, no more
-        slow_emulator.clear_faults()
+        slow_emu.clear_faults()
     else:
-        slow_emulator.start()
+        slow_emu.start()
 
-    slow_emulator.set_batch_status(b[2], "CANCELLED")
+    slow_emu.set_batch_status(b[2], "CANCELLED")
     assert requested(p.tick()) == {b[1]: "FAILED", b[2]: "CANCELLED"}
     assert requested(p.tick()) == {}
 
 
 def test_cursor_is_pruned_once_the_instance_knows_the_run(
-    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+    slow_emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
-    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=2)
+    p = Pipeline(slow_emu, api_key, instance, tmp_path, n=2)
     b = p.batch_ids
-    slow_emulator.set_batch_status(b[0], "COMPLETED")
+    slow_emu.set_batch_status(b[0], "COMPLETED")
     assert requested(p.tick()) == {b[0]: "COMPLETED"}
     assert json.loads(p.cursor or "{}")["launched"] == {b[0]: "COMPLETED"}
 
@@ -192,9 +147,9 @@ def test_cursor_is_pruned_once_the_instance_knows_the_run(
 
 
 def test_early_manual_materialisation_does_not_hide_the_batch(
-    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+    slow_emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
-    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=1)
+    p = Pipeline(slow_emu, api_key, instance, tmp_path, n=1)
     [batch_id] = p.batch_ids
     # Someone clicks Materialize before the batch is done: that run fails (not terminal yet).
     early = dg.materialize(
@@ -206,26 +161,26 @@ def test_early_manual_materialisation_does_not_hide_the_batch(
     )
     assert not early.success
     assert requested(p.tick()) == {}
-    slow_emulator.set_batch_status(batch_id, "COMPLETED")
+    slow_emu.set_batch_status(batch_id, "COMPLETED")
     assert requested(p.tick()) == {batch_id: "COMPLETED"}
     assert requested(p.tick()) == {}
 
 
 def test_no_batches_no_api_call(
-    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+    slow_emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
-    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=0)
+    p = Pipeline(slow_emu, api_key, instance, tmp_path, n=0)
     result = p.tick()
     assert isinstance(result, dg.SkipReason) and p.api_calls() == []
 
 
 def test_batch_missing_from_the_list_stays_watched(
-    slow_emulator: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+    slow_emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
-    p = Pipeline(slow_emulator, api_key, instance, tmp_path, n=1)
+    p = Pipeline(slow_emu, api_key, instance, tmp_path, n=1)
     instance.add_dynamic_partitions(p.bundle.partitions_def.name, ["not-known-to-together"])
     assert requested(p.tick()) == {}
-    slow_emulator.set_batch_status(p.batch_ids[0], "COMPLETED")
+    slow_emu.set_batch_status(p.batch_ids[0], "COMPLETED")
     assert requested(p.tick()) == {p.batch_ids[0]: "COMPLETED"}
 
 
