@@ -147,7 +147,7 @@ def modules_added_by_import(baseline: str, module: str) -> list[str]:
 
 
 # -- Dagster ----------------------------------------------------------------------------------
-# The start of the defs.py of write_dagster_project: imports and CONFIG (formatted in).
+# The start of the defs.py of write_dagster_project: imports, CONFIG (formatted in), RESOURCES.
 CODE_LOCATION_HEADER = '''
 """A tiny code location, written by a test (see write_dagster_project in tests/helpers.py)."""
 
@@ -161,6 +161,9 @@ from dagster_together.requests import RequestTemplate
 from dagster_together.resources import TogetherResource
 
 CONFIG = json.loads({config!r})
+RESOURCES = {{
+    "together": TogetherResource(api_key=dg.EnvVar("TOGETHER_API_KEY"), base_url=CONFIG["base_url"])
+}}
 
 '''
 
@@ -173,16 +176,22 @@ def write_dagster_project(
     dagster_yaml: str,
     code_location: str,
     config: dict[str, Any],
-    workspace: str,
+    location: str,
 ) -> dict[str, Any]:
-    """The code location (``defs.py``, ``code_location`` formatted with ``config``), the
-    workspace and the instance directory, written into tmp_path; ``DAGSTER_HOME`` and
-    ``TOGETHER_API_KEY`` set for the processes the test starts."""
+    """The code location (``defs.py``, ``code_location`` formatted with ``config``), a workspace
+    loading it as ``location`` and the instance directory, written into tmp_path;
+    ``DAGSTER_HOME`` and ``TOGETHER_API_KEY`` set for the processes the test starts."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(dagster_yaml)
     (tmp_path / "defs.py").write_text(code_location.format(config=json.dumps(config)))
-    (tmp_path / "workspace.yaml").write_text(workspace)
+    (tmp_path / "workspace.yaml").write_text(
+        "load_from:\n"
+        "  - python_file:\n"
+        "      relative_path: defs.py\n"
+        f"      location_name: {location}\n"
+        "      working_directory: .\n"
+    )
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("TOGETHER_API_KEY", api_key)
     return {"home": home, "config": config}

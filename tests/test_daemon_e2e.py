@@ -54,23 +54,11 @@ defs = dg.Definitions.merge(
     dg.Definitions(
         assets=[prompts],
         jobs=[submit_job],
-        resources={{
-            "together": TogetherResource(
-                api_key=dg.EnvVar("TOGETHER_API_KEY"), base_url=CONFIG["base_url"]
-            )
-        }},
+        resources=RESOURCES,
     ),
 )
 """
 )
-
-WORKSPACE = """\
-load_from:
-  - python_file:
-      relative_path: defs.py
-      location_name: daemon_e2e
-      working_directory: .
-"""
 
 # Defaults otherwise: queued runs, launched by the daemon as subprocesses (DefaultRunLauncher).
 DAGSTER_YAML = """\
@@ -111,7 +99,7 @@ def project(
         dagster_yaml=DAGSTER_YAML,
         code_location=CODE_LOCATION,
         config=config,
-        workspace=WORKSPACE,
+        location="daemon_e2e",
     )
 
 

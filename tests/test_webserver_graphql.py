@@ -42,23 +42,11 @@ defs = dg.Definitions.merge(
     docs.defs,
     dg.Definitions(
         assets=[prompts],
-        resources={{
-            "together": TogetherResource(
-                api_key=dg.EnvVar("TOGETHER_API_KEY"), base_url=CONFIG["base_url"]
-            )
-        }},
+        resources=RESOURCES,
     ),
 )
 """
 )
-
-WORKSPACE = f"""\
-load_from:
-  - python_file:
-      relative_path: defs.py
-      location_name: {LOCATION}
-      working_directory: .
-"""
 
 # Dagster 1.13 queues runs by default (QueuedRunCoordinator), which needs the daemon to launch
 # them. The DefaultRunCoordinator launches a run from the webserver itself, right away: the
@@ -122,7 +110,7 @@ def project(
         dagster_yaml=DAGSTER_YAML,
         code_location=CODE_LOCATION,
         config=config,
-        workspace=WORKSPACE,
+        location=LOCATION,
     )
 
 
