@@ -19,6 +19,8 @@ This module imports neither Dagster nor httpx; pyarrow is imported inside the fu
 
 from __future__ import annotations
 
+import array
+import bisect
 import hashlib
 import json
 import logging
@@ -27,7 +29,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -449,20 +451,22 @@ class _FileState:
 
     def feed(self, block: bytes) -> None:
         """Check a block of whole lines (the last one may lack its newline only at EOF)."""
-        n = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        starts = _line_starts(block)  # one entry per line, plus the end of the block
+        n = len(starts) - 1
         # Cut the block where a limit is crossed: the lines before it are checked first, so the
         # first fault in file order is the one reported.
         fault: str | None = None
         if n > self.max_lines - self.n_lines:
             n = self.max_lines - self.n_lines
-            block = block[: _nth_line_end(block, n)]
             fault = "lines"
-        if self.n_bytes + len(block) > self.max_bytes:
-            end, n = _cut_bytes(block, self.max_bytes - self.n_bytes)
-            block = block[:end]
+        if self.n_bytes + starts[n] > self.max_bytes:
+            room = self.max_bytes - self.n_bytes
+            n = bisect.bisect_right(starts, room, 0, n + 1) - 1  # whole lines that fit
             fault = "bytes"
+        if n < len(starts) - 1:
+            block, starts = block[: starts[n]], starts[: n + 1]
         if n:
-            if self.leading_blank is not None or not self._fast(block, n):
+            if self.leading_blank is not None or not self._fast(block, starts):
                 self._exact(block)
             self.n_lines += n
             self.n_bytes += len(block)
@@ -482,7 +486,7 @@ class _FileState:
             "first past it; split it, e.g. with write_request_chunks(max_bytes=...)."
         )
 
-    def _fast(self, block: bytes, n: int) -> bool:
+    def _fast(self, block: bytes, starts: Sequence[int]) -> bool:
         """Vectorised check of a block with pyarrow; True if every line is certainly valid.
 
         False sends the block to the exact line-by-line check, which writes the message. This
@@ -492,9 +496,10 @@ class _FileState:
         import pyarrow.compute as pc
         import pyarrow.json as pa_json
 
+        n = len(starts) - 1
         # Every line must start with "{": this also keeps blank lines and bare ``null`` lines away
         # from pyarrow (which turns ``null`` into an all-null row, or crashes on it alone).
-        if not block.startswith(b"{") or block.count(b"\n{") != n - 1:
+        if bytes(map(block.__getitem__, starts[:-1])).strip(b"{"):
             return False
         if b"NaN" in block or b"Infinity" in block:
             return False  # maybe a bare NaN token, which pyarrow accepts and JSON does not
@@ -614,24 +619,18 @@ def _json_fix(text: str, line_no: int) -> str:
     return f"each line must be one complete JSON object (JSONL), like {_EXAMPLE_LINE}."
 
 
-def _nth_line_end(block: bytes, k: int) -> int:
-    """Offset just past the k-th line of ``block`` (0 for k == 0)."""
-    end = 0
-    for _ in range(k):
-        nl = block.find(b"\n", end)
-        end = len(block) if nl < 0 else nl + 1
-    return end
-
-
-def _cut_bytes(block: bytes, room: int) -> tuple[int, int]:
-    """Longest prefix of whole lines of at most ``room`` bytes: (offset, number of lines)."""
-    end = k = 0
-    while True:
-        nl = block.find(b"\n", end)
-        nxt = len(block) if nl < 0 else nl + 1
-        if nxt > room or nxt == end:
-            return end, k
-        end, k = nxt, k + 1
+def _line_starts(block: bytes) -> array.array:
+    """Where each line of ``block`` starts, then the end of the block (one pass of ``find``)."""
+    starts = array.array("q", [0])
+    append = starts.append
+    find = block.find
+    i = find(b"\n")
+    while i != -1:
+        append(i + 1)
+        i = find(b"\n", i + 1)
+    if starts[-1] != len(block):  # the last line has no newline (end of the file)
+        append(len(block))
+    return starts
 
 
 def _human(n: int) -> str:
