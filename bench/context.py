@@ -29,6 +29,7 @@ class Sizes:
     asset_n: int  # requests in the batch of the results-asset figure
     backfill_partitions: int
     backfill_n: int  # requests per backfilled batch
+    backfill_repeats: int
     repeats: int  # best of N for measurements of a few seconds
     repeats_long: int  # best of N for the slow ones (1 GB transfers)
 
@@ -44,6 +45,7 @@ FULL = Sizes(
     asset_n=50_000,
     backfill_partitions=20,
     backfill_n=50_000,
+    backfill_repeats=2,
     repeats=5,
     repeats_long=3,
 )
@@ -59,6 +61,7 @@ QUICK = Sizes(
     asset_n=5_000,
     backfill_partitions=20,
     backfill_n=2_000,
+    backfill_repeats=1,
     repeats=1,
     repeats_long=1,
 )

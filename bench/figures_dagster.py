@@ -274,7 +274,7 @@ def sensor_tick(ctx: Context) -> list[Row]:
 
 def import_time(ctx: Context) -> list[Row]:
     """``import dagster_together`` vs ``import dagster`` in fresh interpreters, best of N."""
-    rounds = max(5, ctx.sizes.repeats * 3)
+    rounds = max(3, ctx.sizes.repeats * 2)
     ours: list[float] = []
     ref: list[float] = []
     for _ in range(rounds):
@@ -376,13 +376,23 @@ def backfill(ctx: Context) -> list[Row]:
     """N results partitions, 2 worker processes vs one after another."""
     count, n = ctx.sizes.backfill_partitions, ctx.sizes.backfill_n
     inputs = data.join_data(n).inputs
+    parallel_runs: list[dict[str, Any]] = []
+    serial_runs: list[dict[str, Any]] = []
     with EmulatorProcess(fail_pattern=FAIL_PATTERN) as emu:
         ids = _finished_batches(emu, inputs, count)
         common = {"base_url": emu.base_url, "batch_ids": ids, "inputs": str(inputs)}
-        parallel = run_task(task_backfill, home=_home(ctx, "backfill-2"), workers=2, **common)
-        serial = run_task(task_backfill, home=_home(ctx, "backfill-1"), workers=1, **common)
+        for i in range(ctx.sizes.backfill_repeats):
+            home = _home(ctx, f"backfill-2-{i}")
+            parallel_runs.append(run_task(task_backfill, home=home, workers=2, **common))
+            home = _home(ctx, f"backfill-1-{i}")
+            serial_runs.append(run_task(task_backfill, home=home, workers=1, **common))
+    parallel = min(parallel_runs, key=lambda r: float(r["seconds"]))
+    serial = min(serial_runs, key=lambda r: float(r["seconds"]))
     ratio = parallel["seconds"] / serial["seconds"]
-    complete = sum(1 for r in parallel["runs"] if r["success"] and r["complete"] and r["rows"] == n)
+    complete = min(
+        sum(1 for r in p["runs"] if r["success"] and r["complete"] and r["rows"] == n)
+        for p in parallel_runs + serial_runs
+    )
     return [
         Row(
             name="backfill",
@@ -393,8 +403,8 @@ def backfill(ctx: Context) -> list[Row]:
             target=f"<= 0.65x, {count}/{count} complete",
             passed=ratio <= 0.65 and complete == count,
             values={
-                "parallel_seconds": parallel["seconds"],
-                "serial_seconds": serial["seconds"],
+                "parallel_seconds": [r["seconds"] for r in parallel_runs],
+                "serial_seconds": [r["seconds"] for r in serial_runs],
                 "parallel_cores_busy": parallel["cpu_seconds"] / parallel["seconds"],
                 "serial_cores_busy": serial["cpu_seconds"] / serial["seconds"],
                 "parallel_runs": parallel["runs"],
