@@ -95,6 +95,7 @@ _BUCKET_BYTES = 4 * 1024 * 1024  # output bytes per bucket: what one assembly st
 _ROW_GROUP_BYTES = 8 * 1024 * 1024  # buckets are gathered into row groups of about this size
 _MAX_BUCKETS = 256
 _READ_AHEAD = 2  # output blocks parsed ahead (while the inputs are read)
+_TRIM_EVERY = 8  # blocks or buckets between two hand-backs of freed memory to the OS
 _SLOW_LINES = 32  # below this many lines a failing block is read line by line
 _MAX_RECORDED = 100  # malformed lines / id examples kept in the summary
 
@@ -251,9 +252,11 @@ def join_results(
             ins.add_columns(input_columns, opts)
         _give_back_memory()
         buckets = _Buckets(ins.n, _result_bytes(outputs, errors, opts), spill_dir)
-        for tables in results:
+        for k, tables in enumerate(results, start=1):
             for rows in tables:
                 buckets.add(rows, ins, report)
+            if k % _TRIM_EVERY == 0:
+                _give_back_memory()
         buckets.close_writers()
         ins.forget_ids()  # the lookups are done: the biggest per-input structure can go
         _give_back_memory()
@@ -278,7 +281,7 @@ def join_results(
 
 
 def _give_back_memory() -> None:
-    """Return freed memory to the OS between phases, so that the next phase starts low.
+    """Return freed memory to the OS, so that freed blocks do not pile up in the allocators.
 
     Arrow's pool is asked to release what it caches; glibc's ``malloc_trim`` does the same for
     the big Python buffers the reader used (where there is no glibc this does nothing).
@@ -873,11 +876,13 @@ def _request_files(
                 _request_block(b, location, _pa_read(b, schema) if b.objects_only() else None)
                 for b in _line_blocks(fs, path)
             )
-            for parts in _prefetch(extracted):
+            for k, parts in enumerate(_prefetch(extracted), start=1):
                 for part in parts:
                     # Small batches: a slice of the spill read back then pins little memory.
                     writer.write_table(part, max_chunksize=4096)
                     ids.extend(part.column("custom_id").chunks)
+                if k % _TRIM_EVERY == 0:
+                    _give_back_memory()
     ins.index_ids(ids, locations[0] if len(locations) == 1 else "inputs")
 
 
@@ -1413,15 +1418,17 @@ class _Buckets:
             return None
         n = sum(rows for _, rows, _ in segments)
         texts = [sum(sizes[i] for _, _, sizes in segments) for i in range(sum(self.strings))]
+        # Arrow's own memory (not Python's heap): freed blocks go back to one allocator.
         buffers = []  # per column: [valid, values or lengths, (data)]
         t = 0
         for is_string in self.strings:
             if is_string:
-                buffers.append([bytearray(n), bytearray(4 * n), bytearray(texts[t])])
+                sizes = (n, 4 * n, texts[t])
                 t += 1
             else:
-                buffers.append([bytearray(n), bytearray(8 * n)])
-        views = [[memoryview(b) for b in column] for column in buffers]
+                sizes = (n, 8 * n)
+            buffers.append([pa.allocate_buffer(size) for size in sizes])
+        views = [[memoryview(b).cast("B") for b in column] for column in buffers]
         row = 0
         text_at = [0] * len(texts)
         with open(self.path, "rb", buffering=0) as handle:
@@ -1441,26 +1448,24 @@ class _Buckets:
                 row += rows
         arrays = []
         for spec, is_string, column in zip(self.schema, self.strings, buffers, strict=True):
-            valid = pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(column[0])])
+            valid = pa.Array.from_buffers(pa.uint8(), n, [None, column[0]])
             validity = None
             if pc.min(valid).as_py() == 0:
                 validity = pc.not_equal(valid, _int(0)).buffers()[1]
             if is_string:
-                lengths = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(column[1])])
+                lengths = pa.Array.from_buffers(pa.int32(), n, [None, column[1]])
                 ends = pc.cumulative_sum(lengths.cast(pa.int64()))
                 offsets = pa.concat_arrays([_int64s(array.array("q", [0])), ends])
                 arrays.append(
                     pa.StringArray.from_buffers(
                         n,
                         offsets.cast(pa.int32()).buffers()[1],
-                        pa.py_buffer(column[2]),
+                        column[2],
                         validity,
                     )
                 )
             else:
-                arrays.append(
-                    pa.Array.from_buffers(spec.type, n, [validity, pa.py_buffer(column[1])])
-                )
+                arrays.append(pa.Array.from_buffers(spec.type, n, [validity, column[1]]))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def close(self) -> None:
@@ -1572,6 +1577,8 @@ def _assemble(
     try:
         bounds = buckets.bounds(ins.n)
         for b, ((lo, hi), inputs) in enumerate(zip(bounds, ins.slices(bounds), strict=True)):
+            if b and b % _TRIM_EVERY == 0:
+                _give_back_memory()
             spilled = buckets.read(b)
             if spilled is not None:
                 results = _pick(spilled, lo, hi, inputs, report)
@@ -1642,9 +1649,7 @@ def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
     costs time; ids, statuses, models, codes and counts keep both (they make filters fast).
     """
     small = [f.name for f in schema if f.name not in _TEXT_COLUMNS]
-    # Bigger pages than the 1 MiB default: fewer page headers and compression calls for the
-    # long texts (a row group holds about one page per column).
-    return {"use_dictionary": small, "write_statistics": small, "data_page_size": 4 << 20}
+    return {"use_dictionary": small, "write_statistics": small}
 
 
 def _pick(spilled: pa.Table, lo: int, hi: int, inputs: pa.Table, report: _Report) -> pa.Table:
