@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
 __all__ = [
+    "REQUEST_COLUMNS",
     "RESULT_COLUMNS",
     "STATUSES",
     "JoinSummary",
@@ -98,6 +99,7 @@ _READ_AHEAD = 2  # output blocks parsed ahead (while the inputs are read)
 _TRIM_EVERY = 8  # blocks or buckets between two hand-backs of freed memory to the OS
 _SLOW_LINES = 32  # below this many lines a failing block is read line by line
 _MAX_RECORDED = 100  # malformed lines / id examples kept in the summary
+_MAX_LOGGED = 20  # malformed lines logged one by one
 
 
 class MalformedResultError(TogetherError, ValueError):
@@ -341,7 +343,10 @@ class _Report:
         self.n_malformed += 1
         if len(self.malformed) < _MAX_RECORDED:
             self.malformed.append((location, line_no, reason))
-        logger.warning("%s, line %s: %s; line skipped", location, line_no, reason)
+        if self.n_malformed <= _MAX_LOGGED:
+            logger.warning("%s, line %s: %s; line skipped", location, line_no, reason)
+        elif self.n_malformed == _MAX_LOGGED + 1:
+            logger.warning("More malformed lines: the summary counts them all.")
 
     def unknown_ids(self, count: int, examples: list[str]) -> None:
         self.unknown += count
