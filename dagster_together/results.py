@@ -1341,9 +1341,10 @@ class _Buckets:
         self.fd: int | None = None
         self.end = 0  # bytes written so far
         # Per bucket: (file offset, rows, byte length of each string column) of each segment.
-        self.segments: list[list[tuple[int, int, tuple[int, ...]]]] = [
-            [] for _ in range(self.count)
-        ]
+        # Kept flat in int64 arrays (a million inputs make tens of thousands of segments):
+        # offset, rows, then the byte length of each string column, per segment.
+        self.width = 2 + sum(self.strings)
+        self.segments = [array.array("q") for _ in range(self.count)]
 
     def bounds(self, n: int) -> list[tuple[int, int]]:
         return [(lo, min(lo + self.size, n)) for lo in range(0, n, self.size)] or [(0, 0)]
@@ -1404,7 +1405,7 @@ class _Buckets:
                     views.append(data[at[k] : at[k + 1]])
                     text_sizes.append(at[k + 1] - at[k])
             size = _write_all(self.fd, views)
-            self.segments[b].append((self.end, hi - lo, tuple(text_sizes)))
+            self.segments[b].extend((self.end, hi - lo, *text_sizes))
             self.end += size
 
     def close_writers(self) -> None:
@@ -1418,7 +1419,9 @@ class _Buckets:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        segments = self.segments[bucket] if bucket < self.count else []
+        flat = self.segments[bucket] if bucket < self.count else array.array("q")
+        w = self.width
+        segments = [(flat[i], flat[i + 1], flat[i + 2 : i + w]) for i in range(0, len(flat), w)]
         if not segments:
             return None
         n = sum(rows for _, rows, _ in segments)
