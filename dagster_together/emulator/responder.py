@@ -26,12 +26,13 @@ _WORD = re.compile(r"[a-z']+")
 _POSITIVE = frozenset(
     "love loved loves great good excellent amazing awesome wonderful fantastic happy best "
     "like liked enjoy enjoyed perfect nice superb delightful pleased recommend brilliant "
-    "fast helpful beautiful".split()
+    "fast helpful beautiful exceeded worth gift".split()
 )
 _NEGATIVE = frozenset(
     "hate hated hates bad terrible awful worst poor horrible disappointing disappointed "
     "broken slow boring sad angry useless waste annoying refund never ugly rude "
-    "dislike problem".split()
+    "dislike problem regret cheap crashing overheated scratched missing returned "
+    "don't not mediocre".split()
 )
 _OPENERS = (
     "In short:",
