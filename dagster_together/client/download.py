@@ -33,9 +33,12 @@ __all__ = ["CHUNK_SIZE", "REMOTE_BLOCK_SIZE", "LogSink", "normalize_key", "retri
 
 _log = logging.getLogger("dagster_together.client")
 
-#: Write size to the destination: large for throughput, and the only buffer a download holds,
-#: so memory stays flat whatever the file size.
+#: Progress is reported every this many bytes. The body is written as httpx hands it over
+#: (64 KiB pieces): no buffer of our own, so memory stays flat whatever the file size.
 CHUNK_SIZE = 8 * 1024 * 1024
+#: A local download asks the kernel to start writing to disk every this many bytes, so that the
+#: final ``fsync`` (durability before the rename) does not wait for the whole file.
+WRITEBACK_BYTES = 32 * 1024 * 1024
 #: Part size for object stores (s3fs buffers one block, then uploads it as one multipart part).
 #: Peak memory is about 3-4 blocks (s3fs's buffer, the part it slices off, botocore's copy):
 #: measured +63 MB RSS for a 100 MB download to S3 at 16 MiB, +114 MB at 32, +214 MB at 64, with
@@ -85,13 +88,39 @@ class _LocalSink:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
         self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._size = 0  # bytes written
+        self._flushed = 0  # bytes whose write-back to disk has been started
 
     def write(self, data: bytes | bytearray) -> None:
         self._file.write(data)
+        self._size += len(data)
+        if self._size - self._flushed >= WRITEBACK_BYTES:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Have the kernel start writing the newest bytes to disk now, without waiting.
+
+        ``POSIX_FADV_DONTNEED`` on dirty pages starts their write-back and keeps them cached
+        (only clean pages would be dropped, and these are not clean yet), so the ``fsync`` in
+        :meth:`commit` waits for the last few MB instead of the whole file: measured 1.65 s ->
+        1.35 s for 1 GB on the bench machine, with the file still in the page cache after.
+        """
+        self._file.flush()
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is not None:
+            with suppress(OSError):
+                advise(
+                    self._file.fileno(),
+                    self._flushed,
+                    self._size - self._flushed,
+                    os.POSIX_FADV_DONTNEED,
+                )
+        self._flushed = self._size
 
     def restart(self) -> None:
         self._file.seek(0)
         self._file.truncate()
+        self._size = self._flushed = 0
 
     def commit(self) -> None:
         self._file.flush()
@@ -419,28 +448,29 @@ class _Download:
         return True
 
     def _pump(self, pieces: Iterator[bytes]) -> None:
-        """Copy the body to the sink in CHUNK_SIZE writes.
+        """Copy the body to the sink piece by piece, as it arrives.
 
-        Our own buffer rather than ``iter_raw(chunk_size)``: httpx drops a partly filled chunk
-        when the connection breaks, so on a link that breaks every few MB a download would
-        never advance. Bytes that did arrive are good (TCP keeps order; only the end is
-        missing), so they are written before the error goes up and the resume starts after them.
+        Not ``iter_raw(chunk_size)``: httpx drops a partly filled chunk when the connection
+        breaks, so on a link that breaks every few MB a download would never advance. Bytes
+        that did arrive are good (TCP keeps order; only the end is missing), so each piece is
+        written at once and a resume starts right after the last one. No buffer of our own
+        either: refilling an 8 MiB ``bytearray`` after each ``clear()`` faulted in fresh pages
+        for every chunk, which took half the time of a 1 GB download. Progress is reported
+        every ``CHUNK_SIZE`` bytes.
         """
-        buffer = bytearray()
+        write = self._sink.write
+        unreported = 0
         try:
             for piece in pieces:
-                buffer += piece
-                if len(buffer) >= CHUNK_SIZE:
-                    self._write(buffer)
+                write(piece)
+                self.written += len(piece)
+                unreported += len(piece)
+                if unreported >= CHUNK_SIZE:
+                    self._report.update(unreported)
+                    unreported = 0
         finally:
-            if buffer:
-                self._write(buffer)
-
-    def _write(self, buffer: bytearray) -> None:
-        self._sink.write(buffer)
-        self.written += len(buffer)
-        self._report.update(len(buffer))
-        buffer.clear()
+            if unreported:
+                self._report.update(unreported)
 
 
 def _begin(response: httpx.Response, written: int, file_id: str) -> tuple[int | None, bool, bool]:
