@@ -70,7 +70,9 @@ SUPPORTED_ENDPOINTS = (
 """Endpoints a batch may target."""
 
 BATCH_PURPOSE = "batch-api"
-_READ_SIZE = 8 * 1024 * 1024  # bytes read per call: big enough for speed, small enough for memory
+# Bytes read per call. 2 MiB is as fast as 8 MiB, and pyarrow's parse of an 8 MiB block made the
+# check of a 100 MB file hold +86 MB of RSS (+32 MB at 2 MiB).
+_READ_SIZE = 2 * 1024 * 1024
 _EXAMPLE_LINE = '{"custom_id": "row-1", "body": {"model": "...", "messages": [...]}}'
 
 
