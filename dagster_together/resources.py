@@ -94,9 +94,14 @@ class TogetherResource(dg.ConfigurableResource):
     _client: Any = PrivateAttr(default=None)
 
     def make_client(
-        self, *, timeout: float | None = None, max_retries: int | None = None
+        self,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        retry_after_max: float = 60.0,
     ) -> TogetherClient:
-        """A new, uncached client; ``timeout``/``max_retries`` override the resource's values.
+        """A new, uncached client; ``timeout``/``max_retries`` override the resource's values,
+        ``retry_after_max`` caps how long a server's ``Retry-After`` is honoured.
 
         For callers with their own time budget (the batch sensor must finish well inside the
         sensor timeout). Close it when done (it is a context manager).
@@ -109,6 +114,7 @@ class TogetherResource(dg.ConfigurableResource):
             timeout=self.timeout if timeout is None else timeout,
             max_retries=self.max_retries if max_retries is None else max_retries,
             verify_tls=self.verify_tls,
+            retry_after_max=retry_after_max,
         )
 
     def get_client(self) -> TogetherClient:

@@ -272,9 +272,10 @@ def _list_batches(context: dg.SensorEvaluationContext, resource_key: str) -> Ite
     resource: TogetherResource = getattr(context.resources, resource_key)
     timeout = min(resource.timeout, _LIST_TIMEOUT_SECONDS)
     retries = min(resource.max_retries, _LIST_MAX_RETRIES)
-    with resource.make_client(timeout=timeout, max_retries=retries) as client:
-        # A server asking us to wait a minute must not push the tick past the sensor timeout.
-        client.transport.retry_after_max = _LIST_RETRY_AFTER_MAX_SECONDS
+    # A server asking us to wait a minute must not push the tick past the sensor timeout.
+    with resource.make_client(
+        timeout=timeout, max_retries=retries, retry_after_max=_LIST_RETRY_AFTER_MAX_SECONDS
+    ) as client:
         try:
             return client.batches.list_batches()
         except Exception as exc:

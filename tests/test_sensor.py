@@ -191,7 +191,7 @@ def test_batch_missing_from_the_list_stays_watched(
 class ScriptedResource(TogetherResource):
     """A TogetherResource whose clients answer GET /batches from a fixed list of jobs."""
 
-    def make_client(self, *, timeout: float | None = None, max_retries: int | None = None) -> Any:
+    def make_client(self, **_overrides: Any) -> Any:
         from dagster_together.client import TogetherClient
 
         jobs = SCRIPT["jobs"]

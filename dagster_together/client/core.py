@@ -25,8 +25,8 @@ class TogetherClient:
         verify_tls: verify the server's TLS certificate; turn off only for a test server.
         http_transport: an ``httpx.BaseTransport`` to send requests through (tests, proxies).
         backoff_base, backoff_max: exponential backoff: ``backoff_base`` doubling per retry,
-            capped at ``backoff_max`` seconds, with jitter. A server's ``Retry-After`` wins
-            (capped at 60 s).
+            capped at ``backoff_max`` seconds, with jitter. A server's ``Retry-After`` wins,
+            capped at ``retry_after_max`` seconds (60 by default).
 
     Use as a context manager, or call :meth:`close`, to release connections.
 
@@ -48,6 +48,7 @@ class TogetherClient:
         http_transport: httpx.BaseTransport | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
+        retry_after_max: float = 60.0,
     ) -> None:
         self._transport = Transport(
             api_key,
@@ -58,6 +59,7 @@ class TogetherClient:
             http_transport=http_transport,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            retry_after_max=retry_after_max,
         )
         del api_key
         self.files = Files(self._transport)
