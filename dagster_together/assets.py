@@ -523,26 +523,18 @@ def _collect_results(
             allow_retries=False,
         )
     options = dict(layout.storage_options or {})
-    outputs: list[str] = []
-    errors: list[str] = []
-    if job.output_file_id:
-        outputs.append(
+
+    def download(file_id: str | None, location: str) -> list[str]:
+        if not file_id:
+            return []
+        return [
             client.files.retrieve_content(
-                job.output_file_id,
-                output=layout.output_jsonl(batch_id),
-                storage_options=options,
-                logger=context.log,
+                file_id, output=location, storage_options=options, logger=context.log
             ).filename
-        )
-    if job.error_file_id:
-        errors.append(
-            client.files.retrieve_content(
-                job.error_file_id,
-                output=layout.errors_jsonl(batch_id),
-                storage_options=options,
-                logger=context.log,
-            ).filename
-        )
+        ]
+
+    outputs = download(job.output_file_id, layout.output_jsonl(batch_id))
+    errors = download(job.error_file_id, layout.errors_jsonl(batch_id))
     if not outputs and not errors:
         context.log.warning(
             f"Batch {batch_id} ended {job.status} without output or error file"
