@@ -207,7 +207,8 @@ def together_batch_assets(
     prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
     # Partition definitions are global to the instance: the key prefix keeps two pipelines with
     # the same name apart.
-    partitions_def = dg.DynamicPartitionsDefinition(name="__".join([*prefix, f"{name}_batches"]))
+    partitions_name = "__".join([*prefix, f"{name}_batches"])
+    partitions_def = dg.DynamicPartitionsDefinition(name=partitions_name)
     layout = BatchStorageLayout(storage_url, storage_options)
     submit_key = dg.AssetKey([*prefix, f"{name}_batches"])
     results_key = dg.AssetKey([*prefix, f"{name}_results"])
@@ -234,7 +235,7 @@ def together_batch_assets(
             context,
             prompts,
             client=resource.get_client(),
-            partitions_def_name=partitions_def.name,
+            partitions_def_name=partitions_name,
             layout=layout,
             template=template,
             id_column=id_column,
@@ -378,7 +379,7 @@ def _submit_batches(
         # 3. One list call finds batches an earlier attempt already created for these files.
         reusable = _reusable_batches(client.batches.list_batches())
 
-        rows = []
+        rows: list[dict[str, Any]] = []
         offset = 0
         for chunk, file in zip(chunks, uploaded, strict=True):
             job = reusable.get(file.id)
