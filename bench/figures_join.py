@@ -9,6 +9,7 @@ the clock on both sides; peak RSS is the whole process's, imports and warm-up in
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from bench import data
@@ -24,6 +25,23 @@ WARMUP_N = 1_000
 
 
 # -- child tasks ---------------------------------------------------------------------------------
+def _timed_write(write: Callable[[], Any], destination: str) -> tuple[Any, dict[str, Any]]:
+    """``write()`` on the clock (warm-up done by the caller): its result and the measurements,
+    the Parquet file at ``destination`` measured and removed."""
+    before = rss()
+    with timed() as t:
+        result = write()
+    size = os.path.getsize(destination)
+    os.remove(destination)
+    return result, {
+        "seconds": t["seconds"],
+        "cpu_seconds": t["cpu_seconds"],
+        "rss_before": before,
+        "peak_rss": peak_rss(),
+        "parquet_bytes": size,
+    }
+
+
 def task_join(
     inputs: str, outputs: str, errors: str, destination: str, warmup: dict[str, str]
 ) -> dict[str, Any]:
@@ -31,22 +49,17 @@ def task_join(
     from dagster_together.results import join_results
 
     join_results(**warmup, destination=destination)
-    before = rss()
-    with timed() as t:
-        summary = join_results(
+    summary, measured = _timed_write(
+        lambda: join_results(
             inputs=inputs, outputs=outputs, errors=errors, destination=destination
-        )
-    size = os.path.getsize(destination)
-    os.remove(destination)
+        ),
+        destination,
+    )
     return {
-        "seconds": t["seconds"],
-        "cpu_seconds": t["cpu_seconds"],
-        "rss_before": before,
-        "peak_rss": peak_rss(),
+        **measured,
         "n_rows": summary.n_rows,
         "counts": summary.counts,
         "complete": summary.complete,
-        "parquet_bytes": size,
     }
 
 
@@ -68,19 +81,8 @@ def _pyarrow_pass(outputs: str, destination: str) -> int:
 def task_pyarrow_pass(outputs: str, destination: str, warmup: dict[str, str]) -> dict[str, Any]:
     """The reference: pyarrow's streaming JSON reader into a ParquetWriter, nothing else."""
     _pyarrow_pass(warmup["outputs"], destination)
-    before = rss()
-    with timed() as t:
-        rows = _pyarrow_pass(outputs, destination)
-    size = os.path.getsize(destination)
-    os.remove(destination)
-    return {
-        "seconds": t["seconds"],
-        "cpu_seconds": t["cpu_seconds"],
-        "rss_before": before,
-        "peak_rss": peak_rss(),
-        "n_rows": rows,
-        "parquet_bytes": size,
-    }
+    rows, measured = _timed_write(lambda: _pyarrow_pass(outputs, destination), destination)
+    return {**measured, "n_rows": rows}
 
 
 def task_pandas(
@@ -88,19 +90,10 @@ def task_pandas(
 ) -> dict[str, Any]:
     """The hand-written way: read_json(lines=True) + json_normalize + merge + to_parquet."""
     _pandas_join(**warmup, destination=destination)
-    before = rss()
-    with timed() as t:
-        rows = _pandas_join(inputs, outputs, errors, destination)
-    size = os.path.getsize(destination)
-    os.remove(destination)
-    return {
-        "seconds": t["seconds"],
-        "cpu_seconds": t["cpu_seconds"],
-        "rss_before": before,
-        "peak_rss": peak_rss(),
-        "n_rows": rows,
-        "parquet_bytes": size,
-    }
+    rows, measured = _timed_write(
+        lambda: _pandas_join(inputs, outputs, errors, destination), destination
+    )
+    return {**measured, "n_rows": rows}
 
 
 def _pandas_join(inputs: str, outputs: str, errors: str, destination: str) -> int:

@@ -20,6 +20,17 @@ __all__ = ["FIGURES"]
 
 
 # -- child tasks ---------------------------------------------------------------------------------
+def _measured(t: dict[str, float], size: int, rss_before: int, peak: int) -> dict[str, Any]:
+    """What every transfer task reports: clock (from ``timed``), bytes moved and RSS."""
+    return {
+        "seconds": t["seconds"],
+        "cpu_seconds": t["cpu_seconds"],
+        "bytes": size,
+        "rss_before": rss_before,
+        "peak_rss": peak,
+    }
+
+
 def task_retrieve(
     base_url: str, file_id: str, output: str, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -35,13 +46,7 @@ def task_retrieve(
             file_id, output=output, storage_options=storage_options, progress=False
         )
     client.close()
-    return {
-        "seconds": t["seconds"],
-        "cpu_seconds": t["cpu_seconds"],
-        "bytes": result.size,
-        "rss_before": before,
-        "peak_rss": peak_rss(),
-    }
+    return _measured(t, result.size, before, peak_rss())
 
 
 def task_s3fs_put(local: str, remote: str, storage_options: dict[str, Any]) -> dict[str, Any]:
@@ -52,13 +57,7 @@ def task_s3fs_put(local: str, remote: str, storage_options: dict[str, Any]) -> d
     before = rss()
     with timed() as t:
         fs.put(local, remote)
-    return {
-        "seconds": t["seconds"],
-        "cpu_seconds": t["cpu_seconds"],
-        "bytes": os.path.getsize(local),
-        "rss_before": before,
-        "peak_rss": peak_rss(),
-    }
+    return _measured(t, os.path.getsize(local), before, peak_rss())
 
 
 def task_upload(base_url: str, path: str, warmup_path: str, check: bool = True) -> dict[str, Any]:
@@ -76,20 +75,80 @@ def task_upload(base_url: str, path: str, warmup_path: str, check: bool = True) 
     peak = peak_rss()
     client.files.delete(uploaded.id)  # the next run must not be answered "409: same bytes"
     client.close()
-    return {
-        "seconds": t["seconds"],
-        "cpu_seconds": t["cpu_seconds"],
-        "bytes": uploaded.bytes,
-        "rss_before": before,
-        "peak_rss": peak,
-        "growth": peak - before,
-    }
+    return {**_measured(t, uploaded.bytes, before, peak), "growth": peak - before}
 
 
 # -- figures -------------------------------------------------------------------------------------
 def _curl(*args: str) -> tuple[float, int]:
     result = run_command(["curl", "-sS", "-f", *args])
     return result.seconds, result.max_rss
+
+
+def _throughput_row(
+    name: str,
+    figure: str,
+    size: int,
+    best_ours: float,
+    best_ref: float,
+    reference: str,
+    values: dict[str, Any],
+) -> Row:
+    """Our throughput beside the reference's (``reference`` names it); target >= 0.8x."""
+    ratio = best_ref / best_ours
+    return Row(
+        name=name,
+        figure=figure,
+        ours=rate(size / best_ours),
+        reference=f"{rate(size / best_ref)} ({reference})",
+        ratio=times(ratio),
+        target=">= 0.8x",
+        passed=ratio >= 0.8,
+        values=values,
+    )
+
+
+def _peak_rss_row(
+    name: str, figure: str, peak: int, reference: str, *, limit_mb: int, values: dict[str, Any]
+) -> Row:
+    """Our peak RSS (or its growth) against an absolute limit of ``limit_mb`` MB."""
+    return Row(
+        name=name,
+        figure=figure,
+        ours=megabytes(peak),
+        reference=reference,
+        ratio="-",
+        target=f"<= {limit_mb} MB",
+        passed=peak <= limit_mb * 1e6,
+        values=values,
+    )
+
+
+def _retrieve_rows(
+    name: str,
+    where: str,
+    size: int,
+    best_ours: float,
+    best_ref: float,
+    peak: int,
+    *,
+    reference: str,
+    reference_rss: str,
+    limit_mb: int,
+    values: dict[str, Any],
+) -> list[Row]:
+    """A retrieve_content figure's two rows: throughput and our peak RSS."""
+    label = f"retrieve_content, {size / 1e9:.1f} GB to {where}"
+    return [
+        _throughput_row(name, f"{label}: throughput", size, best_ours, best_ref, reference, values),
+        _peak_rss_row(
+            f"{name}_rss",
+            f"{label}: peak RSS",
+            peak,
+            reference_rss,
+            limit_mb=limit_mb,
+            values=values,
+        ),
+    ]
 
 
 def retrieve_local(ctx: Context) -> list[Row]:
@@ -123,29 +182,18 @@ def retrieve_local(ctx: Context) -> list[Row]:
         "curl_max_rss": max(m for _, m in ref),
         "throughput_ratio": ratio,
     }
-    label = f"retrieve_content, {size / 1e9:.1f} GB to local disk"
-    return [
-        Row(
-            name="retrieve_local",
-            figure=f"{label}: throughput",
-            ours=rate(size / best_ours),
-            reference=f"{rate(size / best_ref)} (curl -o)",
-            ratio=times(ratio),
-            target=">= 0.8x",
-            passed=ratio >= 0.8,
-            values=values,
-        ),
-        Row(
-            name="retrieve_local_rss",
-            figure=f"{label}: peak RSS",
-            ours=megabytes(peak),
-            reference=f"{megabytes(max(m for _, m in ref))} (curl)",
-            ratio="-",
-            target="<= 100 MB",
-            passed=peak <= 100e6,
-            values=values,
-        ),
-    ]
+    return _retrieve_rows(
+        "retrieve_local",
+        "local disk",
+        size,
+        best_ours,
+        best_ref,
+        peak,
+        reference="curl -o",
+        reference_rss=f"{megabytes(max(m for _, m in ref))} (curl)",
+        limit_mb=100,
+        values=values,
+    )
 
 
 def retrieve_s3(ctx: Context) -> list[Row]:
@@ -193,29 +241,18 @@ def retrieve_s3(ctx: Context) -> list[Row]:
         "s3fs_peak_rss": ref_peak,
         "throughput_ratio": ratio,
     }
-    label = f"retrieve_content, {size / 1e9:.1f} GB to s3:// (moto)"
-    return [
-        Row(
-            name="retrieve_s3",
-            figure=f"{label}: throughput",
-            ours=rate(size / best_ours),
-            reference=f"{rate(size / best_ref)} (s3fs put)",
-            ratio=times(ratio),
-            target=">= 0.8x",
-            passed=ratio >= 0.8,
-            values=values,
-        ),
-        Row(
-            name="retrieve_s3_rss",
-            figure=f"{label}: peak RSS",
-            ours=megabytes(peak),
-            reference=f"{megabytes(ref_peak)} (s3fs put)",
-            ratio="-",
-            target="<= 200 MB",
-            passed=peak <= 200e6,
-            values=values,
-        ),
-    ]
+    return _retrieve_rows(
+        "retrieve_s3",
+        "s3:// (moto)",
+        size,
+        best_ours,
+        best_ref,
+        peak,
+        reference="s3fs put",
+        reference_rss=f"{megabytes(ref_peak)} (s3fs put)",
+        limit_mb=200,
+        values=values,
+    )
 
 
 def upload(ctx: Context) -> list[Row]:
@@ -252,37 +289,20 @@ def upload(ctx: Context) -> list[Row]:
     }
     label = f"upload of a {size / 1e6:.0f} MB input file"
     best_unchecked = min(float(r["seconds"]) for r in unchecked)
-    unchecked_ratio = best_ref / best_unchecked
+    curl = "curl -T, PUT only"
     return [
-        Row(
-            name="upload",
-            figure=f"{label}: throughput",
-            ours=rate(size / best_ours),
-            reference=f"{rate(size / best_ref)} (curl -T, PUT only)",
-            ratio=times(ratio),
-            target=">= 0.8x",
-            passed=ratio >= 0.8,
-            values=values,
+        _throughput_row("upload", f"{label}: throughput", size, best_ours, best_ref, curl, values),
+        _throughput_row(
+            "upload_unchecked",
+            f"{label}, check=False: throughput",
+            size,
+            best_unchecked,
+            best_ref,
+            curl,
+            values,
         ),
-        Row(
-            name="upload_unchecked",
-            figure=f"{label}, check=False: throughput",
-            ours=rate(size / best_unchecked),
-            reference=f"{rate(size / best_ref)} (curl -T, PUT only)",
-            ratio=times(unchecked_ratio),
-            target=">= 0.8x",
-            passed=unchecked_ratio >= 0.8,
-            values=values,
-        ),
-        Row(
-            name="upload_rss",
-            figure=f"{label}: peak RSS growth",
-            ours=megabytes(growth),
-            reference="-",
-            ratio="-",
-            target="<= 50 MB",
-            passed=growth <= 50e6,
-            values=values,
+        _peak_rss_row(
+            "upload_rss", f"{label}: peak RSS growth", growth, "-", limit_mb=50, values=values
         ),
     ]
 
