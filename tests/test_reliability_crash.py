@@ -254,6 +254,8 @@ def test_killed_between_batch_created_and_recorded_next_submit_reuses_it(
         "DAGSTER_HOME": str(home),
         "TOGETHER_API_KEY": api_key,
         "TOGETHER_BASE_URL": emulator.base_url,
+        # The killed submit cannot clean its temp dir: keep it inside tmp_path, not /tmp.
+        "TMPDIR": str(tmp_path),
     }
     with _child(SUBMIT_CHILD, str(store), env=env) as proc:
         out, err = proc.communicate(timeout=DEADLINE)
