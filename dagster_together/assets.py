@@ -373,8 +373,8 @@ def _submit_batches(
         # 2. Upload. A chunk uploaded before gets back the same file id (checksum match).
         uploaded = []
         for chunk in chunks:
-            # Already validated by write_request_chunks with the same rules: skip the re-read.
-            uploaded.append(client.files.upload(chunk.path, check=False))
+            # Validated and hashed by write_request_chunks with the same rules: no re-read.
+            uploaded.append(client.files.upload(chunk.path, check=False, checksum=chunk.sha256))
 
         # 3. One list call finds batches an earlier attempt already created for these files.
         reusable = _reusable_batches(client.batches.list_batches())

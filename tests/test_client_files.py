@@ -172,6 +172,26 @@ def test_check_uses_the_validators_sha256(
     assert [r.method for r in emulator.requests] == ["POST", "PUT", "POST"]
 
 
+def test_a_known_checksum_is_sent_without_hashing_again(
+    client: TogetherClient, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster_together.client.files as files_module
+
+    path = _write_requests(tmp_path / "known.jsonl")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    first = client.files.upload(path, check=False, checksum=digest)
+
+    def no_second_pass(_: Any) -> str:
+        raise AssertionError("the file was hashed although its checksum was given")
+
+    monkeypatch.setattr(files_module, "_sha256_of", no_second_pass)
+    emulator.clear_requests()
+    # The given checksum is what Together dedupes on: the same bytes again -> the same file.
+    again = client.files.upload(path, check=False, checksum=digest)
+    assert again.id == first.id
+    assert _sequence(emulator) == [("POST", "/v1/files", 409), ("GET", "/v1/files/{id}", 200)]
+
+
 def test_put_is_retried_with_a_fresh_body(
     client: TogetherClient, emulator: Any, tmp_path: Path
 ) -> None:

@@ -69,7 +69,12 @@ class Files:
 
     # -- upload -------------------------------------------------------------------------------
     def upload(
-        self, file: str | os.PathLike[str], *, purpose: str = "batch-api", check: bool = True
+        self,
+        file: str | os.PathLike[str],
+        *,
+        purpose: str = "batch-api",
+        check: bool = True,
+        checksum: str | None = None,
     ) -> FileResponse:
         """Upload a local file and return it once Together has accepted it.
 
@@ -85,6 +90,9 @@ class Files:
             check: validate the file first with
                 :func:`dagster_together.requests.check_request_file` (nothing is sent if it is
                 invalid). With ``check=False`` only the sha256 is computed.
+            checksum: the file's sha256 (hex) when the caller already has it, e.g. computed
+                while writing the file: with ``check=False`` the file is then read only once,
+                by the upload itself.
 
         Raises:
             InputFileNotFoundError: ``file`` does not exist; nothing was sent.
@@ -111,7 +119,7 @@ class Files:
                 sha256,
             )
         else:
-            sha256 = _sha256_of(path)
+            sha256 = checksum or _sha256_of(path)
 
         form, content_type = _multipart_form(
             {
