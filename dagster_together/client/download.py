@@ -87,12 +87,16 @@ class _LocalSink:
         fd = os.open(self._tmp, flags, 0o666)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        self._file: BinaryIO = os.fdopen(fd, "wb")
+        # Unbuffered: every byte counted as written is in the file, so a resume (and anyone
+        # looking at the part file) sees exactly what arrived; pieces are large anyway.
+        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
         self._size = 0  # bytes written
         self._flushed = 0  # bytes whose write-back to disk has been started
 
     def write(self, data: bytes | bytearray) -> None:
-        self._file.write(data)
+        view = memoryview(data)
+        while view:  # a raw write may take fewer bytes than offered
+            view = view[self._file.write(view) :]
         self._size += len(data)
         if self._size - self._flushed >= WRITEBACK_BYTES:
             self._start_writeback()
