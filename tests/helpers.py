@@ -47,6 +47,22 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+
+
+def request_line(custom_id: Any = "r1", model: Any = MODEL, **extra: Any) -> str:
+    """One batch input line (no newline); ``model=None`` leaves the body without a model."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    if model is not None:
+        body["model"] = model
+    return json.dumps({"custom_id": custom_id, "body": body, **extra})
+
+
+def jsonl(*lines: str) -> bytes:
+    """The bytes of a JSONL file holding ``lines``."""
+    return ("\n".join(lines) + "\n").encode()
+
+
 def write_requests(
     path: Path,
     n: int = 3,

@@ -19,22 +19,10 @@ from typing import Any
 import pytest
 
 from dagster_together.client import InputFileNotFoundError, InvalidRequestFileError, TogetherClient
-
-MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
-
-
-def line(custom_id: Any = "r1", model: Any = MODEL, **extra: Any) -> str:
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
-    if model is not None:
-        body["model"] = model
-    return json.dumps({"custom_id": custom_id, "body": body, **extra})
-
+from tests.helpers import MODEL, jsonl
+from tests.helpers import request_line as line
 
 G = [line(f"r{i}") for i in range(1, 4)]
-
-
-def jsonl(*lines: str) -> bytes:
-    return ("\n".join(lines) + "\n").encode()
 
 
 def _many_lines(path: Path) -> None:

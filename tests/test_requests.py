@@ -12,22 +12,10 @@ import pytest
 from dagster_together import requests as rq
 from dagster_together.client.errors import InvalidRequestFileError
 from dagster_together.requests import check_request_file
-
-MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
-
-
-def line(custom_id: Any = "r1", model: Any = MODEL, **extra: Any) -> str:
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
-    if model is not None:
-        body["model"] = model
-    return json.dumps({"custom_id": custom_id, "body": body, **extra})
-
+from tests.helpers import MODEL, jsonl
+from tests.helpers import request_line as line
 
 GOOD = [line(f"r{i}") for i in range(1, 4)]
-
-
-def jsonl(*lines: str) -> bytes:
-    return ("\n".join(lines) + "\n").encode()
 
 
 # (case id, file bytes, check_request_file kwargs, fragments the one message must contain)
