@@ -86,9 +86,10 @@ RESULT_COLUMNS = (
 )
 """Columns added after the input columns (an input column of the same name becomes ``input_<name>``)."""
 
-REQUEST_COLUMNS = ("request_model", "prompt", "request")
-"""Input columns made from a request JSONL file: the body's model, the last user message (or the
-completions prompt), and the raw request line."""
+REQUEST_COLUMNS = ("request_model", "prompt")
+"""Input columns made from a request JSONL file: the body's model and the last user message (or
+the completions prompt). The raw request lines are not copied: they stay in the input file (the
+results asset keeps it beside the results), one line per ``custom_id``."""
 
 _READ_SIZE = 4 * 1024 * 1024  # bytes per block of lines
 _PARSE_BLOCK = 1024 * 1024  # pyarrow's unit of parallel parsing inside a block
@@ -206,8 +207,8 @@ def join_results(
         inputs: the batch input JSONL (a location, or a list of them read in order), or a table of
             ``custom_id`` plus the user's columns: a Parquet location, a pyarrow Table or a pandas
             DataFrame. It decides the rows and their order. From a request JSONL the input columns
-            are ``request_model``, ``prompt`` (the last user message, or the completions prompt)
-            and ``request`` (the raw request line); from a table, the table's own columns.
+            are ``request_model`` and ``prompt`` (the last user message, or the completions
+            prompt); from a table, the table's own columns.
         outputs: output JSONL location(s); None or empty when the batch produced none.
         destination: the Parquet file to write (a path or URL ending in ``/`` gets
             ``results.parquet`` inside it).
@@ -879,7 +880,7 @@ def _request_schema() -> pa.Schema:
 def _request_files(
     ins: _Inputs, locations: list[str], opts: dict[str, Any], spill_dir: str
 ) -> None:
-    """Inputs given as request JSONL: spill request_model/prompt/request, keep the ids."""
+    """Inputs given as request JSONL: spill request_model/prompt, keep the ids."""
     import pyarrow.ipc as ipc
 
     ins.spill = os.path.join(spill_dir, "inputs.arrows")
@@ -912,7 +913,6 @@ def _request_columns_schema() -> pa.Schema:
             ("custom_id", pa.string()),
             ("request_model", pa.string()),
             ("prompt", pa.string()),
-            ("request", pa.string()),
         ]
     )
 
@@ -944,7 +944,6 @@ def _request_block(block: _Block, location: str, table: pa.Table | None) -> list
                 table.column("custom_id"),
                 pc.struct_field(body, "model"),
                 prompt.cast(pa.string()),
-                block.raw_lines(),
             ],
             schema=_request_columns_schema(),
         )
@@ -999,7 +998,7 @@ def _last_user_content(messages: Any) -> Any:
 def _request_block_slow(block: _Block, location: str) -> pa.Table:
     import pyarrow as pa
 
-    ids, models, prompts, requests = [], [], [], []
+    ids, models, prompts = [], [], []
     for line_no, raw in block.lines():
         where = f"{location}, line {line_no}"
         if not raw.strip():
@@ -1030,9 +1029,8 @@ def _request_block_slow(block: _Block, location: str) -> pa.Table:
         ids.append(custom_id)
         models.append(model if isinstance(model, str) else None)
         prompts.append(prompt)
-        requests.append(text.rstrip("\r\n"))
     schema = _request_columns_schema()
-    columns = [ids, models, prompts, requests]
+    columns = [ids, models, prompts]
     return pa.Table.from_arrays(
         [pa.array(c, t) for c, t in zip(columns, schema.types, strict=True)], schema=schema
     )
@@ -1660,7 +1658,7 @@ def _assemble(
     }
 
 
-_TEXT_COLUMNS = {"prompt", "request", "content", "response", "error"}
+_TEXT_COLUMNS = {"prompt", "content", "response", "error"}
 
 
 def _parquet_options(schema: pa.Schema) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def test_out_of_order_failures_and_gaps(tmp_path: Path, inputs: str) -> None:
     ]
     assert rows[0]["content"] == "zero" and rows[5]["content"] == "five"
     assert rows[0]["prompt"] == "prompt 0" and rows[0]["request_model"] == MODEL
-    assert json.loads(rows[0]["request"]) == request("r0", "prompt 0")
+    assert "request" not in rows[0]  # the raw request line stays in the input file
     assert rows[0]["finish_reason"] == "stop" and rows[0]["model"] == MODEL
     assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"], rows[0]["total_tokens"]) == (
         10,
@@ -149,13 +149,12 @@ def test_out_of_order_failures_and_gaps(tmp_path: Path, inputs: str) -> None:
     assert summary.tokens_by_model == {
         MODEL: {"prompt_tokens": 40, "completion_tokens": 20, "total_tokens": 60}
     }
-    assert [c for c, _ in summary.columns][:4] == [
+    assert [c for c, _ in summary.columns][:3] == [
         "custom_id",
         "request_model",
         "prompt",
-        "request",
     ]
-    assert [c for c, _ in summary.columns][4:] == list(rs.RESULT_COLUMNS)
+    assert [c for c, _ in summary.columns][3:] == list(rs.RESULT_COLUMNS)
 
 
 @pytest.mark.parametrize(
@@ -389,11 +388,10 @@ def test_input_columns_added_to_request_inputs(tmp_path: Path, inputs: str) -> N
     )
     rows = read(summary)
     assert [r["label"] for r in rows] == [f"L{i}" for i in range(8)]  # only this batch's ids
-    assert [c for c, _ in summary.columns][:5] == [
+    assert [c for c, _ in summary.columns][:4] == [
         "custom_id",
         "request_model",
         "prompt",
-        "request",
         "label",
     ]
 
