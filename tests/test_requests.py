@@ -54,6 +54,18 @@ BAD_FILES: list[tuple[str, bytes, dict[str, Any], list[str]]] = [
     ),
     ("two objects on a line", jsonl(GOOD[0] + " " + GOOD[1]), {}, ["line 1", "not valid JSON"]),
     ("NaN", jsonl(GOOD[0], line("r2", temperature=float("nan"))), {}, ["line 2", "NaN"]),
+    (
+        "-Infinity",
+        jsonl(GOOD[0], line("r2", temperature=float("-inf"))),
+        {},
+        ["line 2", "-Infinity", "number or null"],
+    ),
+    (
+        "Inf (read as a number by pyarrow)",
+        jsonl(GOOD[0], GOOD[1].replace('"hi"}]', '"hi"}], "temperature": Inf')),
+        {},
+        ["line 2", "Inf is not valid JSON", "number or null"],
+    ),
     ("array line", jsonl(GOOD[0], "[1, 2]"), {}, ["line 2", "JSON array, not an object"]),
     ("string line", jsonl(GOOD[0], '"r2"'), {}, ["line 2", "JSON string, not an object"]),
     ("null line", jsonl(GOOD[0], "null"), {}, ["line 2", "JSON null, not an object"]),
@@ -238,6 +250,22 @@ def test_valid_blocks_take_the_vectorised_path(
     path = tmp_path / "requests.jsonl"
     path.write_bytes(jsonl(*(line(f"r{i}", url="/v1/chat/completions") for i in range(1000))))
     assert check_request_file(path).n_lines == 1000
+    # Words that hold a token pyarrow would read as a number, inside strings: still vectorised.
+    prose = "Information about NaN and -Infinity in the café data"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prose}]}
+    path.write_bytes(jsonl(*(json.dumps({"custom_id": f"r{i}", "body": body}) for i in range(9))))
+    assert check_request_file(path).n_lines == 9
+
+
+def test_nonfinite_guard_finds_every_token_spelling() -> None:
+    """pyarrow reads NaN, Inf, Infinity (and with "-") as numbers: the vectorised path must
+    send any of them, after ":", "[" or ",", to the exact check."""
+    for token in ("NaN", "-NaN", "Inf", "-Inf", "Infinity", "-Infinity"):
+        for value in (f"{token}", f" {token}", f"[1,\t{token}]", f"[{token}]"):
+            block = f'{{"custom_id": "a", "body": {{"model": "m", "t": {value}}}}}\n'.encode()
+            assert rq._may_hold_nonfinite(block, len(block)), value
+    block = b'{"custom_id": "Inf", "body": {"model": "NaN", "t": "x NaN"}}\n'
+    assert not rq._may_hold_nonfinite(block, len(block))
 
 
 # ------------------------------------------------------------------------------------------
