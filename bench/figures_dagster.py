@@ -65,17 +65,35 @@ def _stage_inputs(bundle: Any, batch_ids: list[str], inputs: str) -> None:
 
 
 def _run_partition(base_url: str, storage_url: str, batch_id: str) -> dict[str, Any]:
-    """Materialise one results partition in this process against ``DagsterInstance.get()``."""
+    """Materialise one results partition in this process against ``DagsterInstance.get()``.
+
+    Besides the run's wall time, its phases from the event log's timestamps: ``setup`` (the call
+    to ``STEP_START``: run record, planned events, run start, resources, log capture), ``body``
+    (``STEP_START`` to the first ``STEP_OUTPUT``: our asset function) and ``finish`` (the rest:
+    materialization and check events, step and run success, teardown).
+    """
+    import time
+
     import dagster as dg
 
     bundle = _bundle(storage_url)
-    with dg.DagsterInstance.get() as instance, timed() as t:
-        result = dg.materialize(
-            [bundle.results_asset],
-            partition_key=batch_id,
-            instance=instance,
-            resources=_resources(base_url),
-        )
+    with dg.DagsterInstance.get() as instance:
+        started = time.time()
+        with timed() as t:
+            result = dg.materialize(
+                [bundle.results_asset],
+                partition_key=batch_id,
+                instance=instance,
+                resources=_resources(base_url),
+            )
+        ended = started + t["seconds"]
+        records = instance.get_records_for_run(result.run_id).records
+    stamps: dict[str, float] = {}
+    for record in records:
+        entry = record.event_log_entry
+        if entry.dagster_event is not None:
+            stamps.setdefault(entry.dagster_event.event_type_value, entry.timestamp)
+    step_start, first_output = stamps["STEP_START"], stamps["STEP_OUTPUT"]
     [mat] = result.asset_materializations_for_node(bundle.results_asset.node_def.name)
     passed = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     [step] = result.get_step_success_events()
@@ -83,6 +101,9 @@ def _run_partition(base_url: str, storage_url: str, batch_id: str) -> dict[str, 
         "batch_id": batch_id,
         "seconds": t["seconds"],
         "step_seconds": step.event_specific_data.duration_ms / 1000,
+        "setup_seconds": step_start - started,
+        "body_seconds": first_output - step_start,
+        "finish_seconds": ended - first_output,
         "cpu_seconds": t["cpu_seconds"],
         "success": result.success,
         "rows": mat.metadata["dagster/row_count"].value,
@@ -180,8 +201,10 @@ def task_results_direct(base_url: str, batch_id: str, inputs: str, workdir: str)
     from dagster_together.results import join_results
 
     os.makedirs(workdir, exist_ok=True)
-    client = core.TogetherClient(api_key=API_KEY, base_url=base_url)
-    with timed() as t:
+    # The client is made and closed inside the clock, as in a script (and as the resource does
+    # inside the run): building it loads httpx's transport (httpcore, h11, certifi) and an SSL
+    # context, tens of milliseconds that the Dagster side pays too.
+    with timed() as t, core.TogetherClient(api_key=API_KEY, base_url=base_url) as client:
         job = client.batches.get_batch(batch_id)
         output = client.files.retrieve_content(
             str(job.output_file_id), output=os.path.join(workdir, "output.jsonl"), progress=False
@@ -196,7 +219,6 @@ def task_results_direct(base_url: str, batch_id: str, inputs: str, workdir: str)
             destination=os.path.join(workdir, "results.parquet"),
             batch_status=str(job.status),
         )
-    client.close()
     shutil.rmtree(workdir, ignore_errors=True)
     return {
         "seconds": t["seconds"],
@@ -340,18 +362,20 @@ def results_asset(ctx: Context) -> list[Row]:
                     workdir=str(ctx.path(f"direct-{i}")),
                 )
             )
-    best_ours = min(float(r["seconds"]) for r in ours)
+    best = min(ours, key=lambda r: float(r["seconds"]))
+    best_ours = float(best["seconds"])
     best_ref = min(float(r["seconds"]) for r in ref)
+    best_floor = min(float(r["seconds"]) for r in floor)
     ratio = best_ours / best_ref
     ok = all(r["success"] and r["complete"] and r["rows"] == n for r in ours)
     return [
         Row(
             name="results_asset",
             figure=f"results asset, one {n:,}-request batch, through Dagster",
-            ours=seconds(best_ours),
+            ours=f"{seconds(best_ours)} (asset body {seconds(best['body_seconds'])})",
             reference=(
-                f"{seconds(best_ref)} (retrieve_content + join_results; "
-                f"a no-op asset run: {seconds(min(float(r['seconds']) for r in floor))})"
+                f"{seconds(best_ref)} (client + retrieve_content + join_results; "
+                f"a no-op asset run: {seconds(best_floor)})"
             ),
             ratio=times(ratio),
             target="<= 1.3x",
@@ -360,13 +384,24 @@ def results_asset(ctx: Context) -> list[Row]:
                 "ours_seconds": [r["seconds"] for r in ours],
                 "direct_seconds": [r["seconds"] for r in ref],
                 "step_seconds": [r["step_seconds"] for r in ours],
+                "setup_seconds": [r["setup_seconds"] for r in ours],
+                "body_seconds": [r["body_seconds"] for r in ours],
+                "finish_seconds": [r["finish_seconds"] for r in ours],
+                "ours_cpu_seconds": [r["cpu_seconds"] for r in ours],
+                "direct_cpu_seconds": [r["cpu_seconds"] for r in ref],
                 "noop_asset_seconds": [r["seconds"] for r in floor],
-                "dagster_overhead_seconds": best_ours - best_ref,
+                "body_over_direct": min(float(r["body_seconds"]) for r in ours) / best_ref,
+                "dagster_overhead_seconds": best_ours - float(best["body_seconds"]),
                 "rows_complete": ok,
-                "note": "step_seconds: the asset's step alone (from STEP_SUCCESS); "
+                "note": "the run's phases from its event timestamps: setup = materialize() to "
+                "STEP_START (run record, planned events, run start, resources, log capture), "
+                "body = STEP_START to the first STEP_OUTPUT (our asset function: client, "
+                "get_batch, both downloads with their log lines, join, metadata), finish = the "
+                "rest (materialization and check events, step and run success, teardown). "
+                "step_seconds: Dagster's own step duration (from STEP_SUCCESS). "
                 "noop_asset_seconds: a do-nothing asset of the same shape (dynamic partition, two "
-                "checks) materialised the same way (fresh process, SQLite instance): Dagster's "
-                "own per-run cost",
+                "checks) materialised the same way (fresh process, SQLite instance). The direct "
+                "side makes its client inside the clock, as a script must.",
             },
         )
     ]
