@@ -492,6 +492,9 @@ def backfill(ctx: Context) -> list[Row]:
                 "serial_warmup_seconds": [r["warmup_seconds"] for r in serial_runs],
                 "ratio_with_warmup": (parallel["seconds"] + parallel["warmup_seconds"])
                 / (serial["seconds"] + serial["warmup_seconds"]),
+                # the ratio if the parallel side kept both cores busy all the time: its CPU
+                # seconds / 2 over the serial wall time (the ceiling this machine allows)
+                "ratio_at_2_cores_busy": parallel["cpu_seconds"] / 2 / serial["seconds"],
                 "parallel_cores_busy": parallel["cpu_seconds"] / parallel["seconds"],
                 "serial_cores_busy": serial["cpu_seconds"] / serial["seconds"],
                 "cpu_seconds_per_run": {
