@@ -37,6 +37,7 @@ This module imports neither Dagster nor httpx; pyarrow is imported inside the fu
 from __future__ import annotations
 
 import array
+import collections
 import functools
 import json
 import logging
@@ -47,7 +48,7 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -92,11 +93,11 @@ the completions prompt). The raw request lines are not copied: they stay in the 
 results asset keeps it beside the results), one line per ``custom_id``."""
 
 _READ_SIZE = 4 * 1024 * 1024  # bytes per block of lines
-_PARSE_BLOCK = 1024 * 1024  # pyarrow's unit of parallel parsing inside a block
+_PARSE_WORKERS = 2  # blocks parsed at once, each by one thread
 _BUCKET_BYTES = 4 * 1024 * 1024  # output bytes per bucket: what one assembly step holds
 _ROW_GROUP_BYTES = 8 * 1024 * 1024  # buckets are gathered into row groups of about this size
 _MAX_BUCKETS = 256
-_READ_AHEAD = 2  # output blocks parsed ahead (while the inputs are read)
+_READ_AHEAD = 2  # output blocks parsed ahead (while the inputs are read), beside those in work
 _TRIM_EVERY = 8  # blocks or buckets between two hand-backs of freed memory to the OS
 _SLOW_LINES = 32  # below this many lines a failing block is read line by line
 _MAX_RECORDED = 100  # malformed lines / id examples kept in the summary
@@ -358,6 +359,20 @@ class _Report:
         self.duplicate_examples.extend(examples[: _MAX_RECORDED - len(self.duplicate_examples)])
 
 
+class _BadLines(list):
+    """The malformed lines of one block, found on a parse thread; handed to the _Report in
+    file order afterwards (``strict`` raises at once, as _Report does)."""
+
+    def __init__(self, strict: bool) -> None:
+        super().__init__()
+        self.strict = strict
+
+    def bad_line(self, location: str, line_no: int, reason: str) -> None:
+        if self.strict:
+            raise MalformedResultError(f"{location}, line {line_no}: {reason}")
+        self.append((location, line_no, reason))
+
+
 # --------------------------------------------------------------------------------------------
 # Arrow values built without pyarrow's conversion of Python objects: that conversion imports
 # pandas when it is installed (about 0.2 s), which nothing here needs.
@@ -487,6 +502,27 @@ class _Prefetcher:
 def _prefetch(items: Iterator[Any]) -> Iterator[Any]:
     """Yield ``items``, produced by a background thread one item ahead (see _Prefetcher)."""
     yield from _Prefetcher(items, depth=1)
+
+
+def _parallel(work: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any]:
+    """``work(item)`` for each item on ``_PARSE_WORKERS`` threads, results in the items' order.
+
+    At most ``_PARSE_WORKERS + 1`` items are in work, so memory holds a few blocks, not the
+    file. pyarrow releases the GIL while it parses, so blocks are parsed on every core.
+    """
+    pool = ThreadPoolExecutor(
+        max_workers=_PARSE_WORKERS, thread_name_prefix="dagster-together-parse"
+    )
+    pending: collections.deque[Any] = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(work, item))
+            if len(pending) > _PARSE_WORKERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,7 +680,10 @@ def _pa_read(block: _Block, schema: pa.Schema) -> pa.Table | None:
     try:
         table = pa_json.read_json(
             pa.BufferReader(block.data),
-            read_options=pa_json.ReadOptions(use_threads=True, block_size=_PARSE_BLOCK),
+            # One thread per block (blocks are parsed side by side), the block in one piece.
+            read_options=pa_json.ReadOptions(
+                use_threads=False, block_size=max(len(block.data), 1 << 20)
+            ),
             parse_options=pa_json.ParseOptions(
                 explicit_schema=schema, unexpected_field_behavior="ignore"
             ),
@@ -903,11 +942,14 @@ def _request_files(
     with ipc.new_stream(ins.spill, _request_columns_schema()) as writer:
         for location in locations:
             fs, path = _filesystem(location, opts)
-            # The background thread reads, parses and extracts; this one spills and keeps ids.
-            extracted = (
-                _request_block(b, location, _pa_read(b, schema) if b.objects_only() else None)
-                for b in _line_blocks(fs, path)
-            )
+
+            # Background threads read, parse and extract; this one spills and keeps ids.
+            def extract(b: _Block, location: str = location) -> list[pa.Table]:
+                return _request_block(
+                    b, location, _pa_read(b, schema) if b.objects_only() else None
+                )
+
+            extracted = _parallel(extract, _line_blocks(fs, path))
             for k, parts in enumerate(_prefetch(extracted), start=1):
                 for part in parts:
                     # Small batches: a slice of the spill read back then pins little memory.
@@ -1113,7 +1155,7 @@ def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -
     """
     schema = _result_schema()
 
-    def blocks() -> Iterator[list[pa.Table]]:
+    def located_blocks() -> Iterator[tuple[str, _Block]]:
         for location in locations:
             fs, path = _filesystem(location, opts)
             if not fs.exists(path):
@@ -1121,14 +1163,25 @@ def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -
                     f"{location}: does not exist; check the outputs/errors location."
                 )
             for b in _line_blocks(fs, path):
-                table = _pa_read(b, schema) if b.objects_only() else None
-                yield [t for t in _result_block(b, location, report, table) if t.num_rows]
+                yield location, b
+
+    def extract(item: tuple[str, _Block]) -> tuple[list[pa.Table], _BadLines]:
+        location, b = item
+        bad = _BadLines(report.strict)
+        table = _pa_read(b, schema) if b.objects_only() else None
+        return [t for t in _result_block(b, location, bad, table) if t.num_rows], bad
+
+    def blocks() -> Iterator[list[pa.Table]]:
+        for tables, bad in _parallel(extract, located_blocks()):
+            for args in bad:
+                report.bad_line(*args)
+            yield tables
 
     return _Prefetcher(blocks(), depth=_READ_AHEAD)
 
 
 def _result_block(
-    block: _Block, location: str, report: _Report, table: pa.Table | None = None
+    block: _Block, location: str, report: _Report | _BadLines, table: pa.Table | None = None
 ) -> list[pa.Table]:
     """Result rows of a block: ``table`` is pyarrow's parse of it (None: refused or not tried)."""
     if table is None:
@@ -1149,7 +1202,9 @@ def _result_block(
     return [_extract(table, block, location, report)]
 
 
-def _extract(table: pa.Table, block: _Block, location: str, report: _Report) -> pa.Table:
+def _extract(
+    table: pa.Table, block: _Block, location: str, report: _Report | _BadLines
+) -> pa.Table:
     """The result columns of a parsed block (vectorised twin of :func:`_extract_one`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -1219,7 +1274,7 @@ def _extract(table: pa.Table, block: _Block, location: str, report: _Report) -> 
 _NO_RESPONSE = "no response in the output line"
 
 
-def _result_block_slow(block: _Block, location: str, report: _Report) -> pa.Table:
+def _result_block_slow(block: _Block, location: str, report: _Report | _BadLines) -> pa.Table:
     """Read a few lines with :mod:`json`; record the lines that are not results."""
     import pyarrow as pa
 

@@ -525,7 +525,6 @@ def test_many_blocks_and_buckets_match_a_plain_join(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     monkeypatch.setattr(rs, "_READ_SIZE", 4096)  # a few dozen lines per block
-    monkeypatch.setattr(rs, "_PARSE_BLOCK", 4096)
     monkeypatch.setattr(rs, "_BUCKET_BYTES", 3000)  # many buckets
     monkeypatch.setattr(rs, "_ROW_GROUP_BYTES", 20_000)
     rnd = random.Random(seed)
