@@ -92,7 +92,7 @@ REQUEST_COLUMNS = ("request_model", "prompt")
 the completions prompt). The raw request lines are not copied: they stay in the input file (the
 results asset keeps it beside the results), one line per ``custom_id``."""
 
-_READ_SIZE = 4 * 1024 * 1024  # bytes per block of lines
+_READ_SIZE = 2 * 1024 * 1024  # bytes per block of lines
 _PARSE_WORKERS = 2  # blocks parsed at once, each by one thread
 _BUCKET_BYTES = 4 * 1024 * 1024  # output bytes per bucket: what one assembly step holds
 _ROW_GROUP_BYTES = 8 * 1024 * 1024  # buckets are gathered into row groups of about this size
