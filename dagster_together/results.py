@@ -98,7 +98,8 @@ _BUCKET_BYTES = 4 * 1024 * 1024  # output bytes per bucket: what one assembly st
 _ROW_GROUP_BYTES = 8 * 1024 * 1024  # buckets are gathered into row groups of about this size
 _MAX_BUCKETS = 256
 _READ_AHEAD = 2  # output blocks parsed ahead (while the inputs are read), beside those in work
-_TRIM_EVERY = 8  # blocks or buckets between two hand-backs of freed memory to the OS
+_TRIM_EVERY = 64  # blocks or buckets between two hand-backs of freed memory to the OS (each
+# hand-back is paid again in page faults when the memory is used next: rarely is enough)
 _SLOW_LINES = 32  # below this many lines a failing block is read line by line
 _MAX_RECORDED = 100  # malformed lines / id examples kept in the summary
 _MAX_LOGGED = 20  # malformed lines logged one by one
