@@ -406,7 +406,10 @@ class ListLog:
 def test_logger_gets_a_line_every_ten_percent(
     client: TogetherClient, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import dagster_together.client.progress as progress
+
     monkeypatch.setattr(download, "CHUNK_SIZE", 64 * 1024)
+    monkeypatch.setattr(progress, "_MIN_LOG_INTERVAL", 0.0)  # a slow download, as it were
     data = random_jsonl(4 * MiB)
     file_id = emulator.add_file(data)
     log = ListLog()
@@ -416,6 +419,16 @@ def test_logger_gets_a_line_every_ten_percent(
     percents = [int(line.split("%")[0].rsplit(" ", 1)[-1]) for line in log.lines[:-1]]
     assert percents == sorted(percents) and 10 <= percents[0] < 20 and percents[-1] >= 90
     assert log.lines[-1].startswith(f"Downloading {file_id}: done, 4.2 MB written to ")
+
+
+def test_a_quick_download_logs_only_its_final_line(
+    client: TogetherClient, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "CHUNK_SIZE", 64 * 1024)
+    file_id = emulator.add_file(random_jsonl(4 * MiB))
+    log = ListLog()
+    client.files.retrieve_content(file_id, output=tmp_path / "o", logger=log, progress=False)
+    assert [line.split(":")[1].split(",")[0] for line in log.lines] == [" done"]
 
 
 def test_no_progress_bar_without_a_terminal(

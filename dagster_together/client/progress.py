@@ -1,4 +1,5 @@
-"""Download progress: a tqdm bar on a terminal, and/or a log line every ~10 % for run logs."""
+"""Download progress: a tqdm bar on a terminal, and/or a log line every ~10 % for run logs
+(at most one a second: a download that takes a moment gets only its final line)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any, Protocol
 
 _MB = 1_000_000
 _UNKNOWN_TOTAL_LOG_EVERY = 100 * _MB  # without a Content-Length, log every 100 MB instead
+# Seconds between two progress lines: each line is an event in a Dagster run's log (a few ms to
+# store), and a 30 MB file downloads in a tenth of a second.
+_MIN_LOG_INTERVAL = 1.0
 
 
 class LogSink(Protocol):
@@ -27,7 +31,8 @@ class Progress:
     """Reports bytes written for one download.
 
     ``bar``: None or True -> a tqdm bar only when stderr is a terminal; False -> never.
-    ``log``: if given, gets one line each time another ~10 % is done, with the rate in MB/s.
+    ``log``: if given, gets one line each time another ~10 % is done (at most one a second),
+    with the rate in MB/s, and a final line.
     """
 
     def __init__(self, label: str, *, bar: bool | None = None, log: LogSink | None = None) -> None:
@@ -38,12 +43,12 @@ class Progress:
         self._total: int | None = None
         self._done = 0
         self._next_log = 0
-        self._started = time.monotonic()
+        self._started = self._logged = time.monotonic()
 
     def start(self, total: int | None) -> None:
         """Called when the first answer arrives and the size (if any) is known."""
         self._total = total
-        self._started = time.monotonic()
+        self._started = self._logged = time.monotonic()
         self._next_log = self._step()
         if self._want_bar and self._bar is None:
             from tqdm import tqdm  # installed with dagster; imported only for a terminal
@@ -71,7 +76,11 @@ class Progress:
         if self._log is not None and self._done >= self._next_log:
             while self._next_log <= self._done:
                 self._next_log += self._step()
-            if not self._total or self._done < self._total:
+            now = time.monotonic()
+            if (not self._total or self._done < self._total) and (
+                now - self._logged >= _MIN_LOG_INTERVAL
+            ):
+                self._logged = now
                 self._log.info(self._line())
 
     def restart(self) -> None:
