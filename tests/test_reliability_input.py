@@ -85,6 +85,12 @@ BAD_INPUTS = [
         "write each request on a single line (JSONL)",
     ),
     Bad(
+        "not JSON: Infinity as a number",
+        jsonl(G[0], G[1].replace('"body": {', '"body": {"temperature": Inf, ', 1)),
+        "line 2: is not valid JSON (Inf is not valid JSON",
+        "use a number or null instead",
+    ),
+    Bad(
         "not JSONL: truncated last line",
         jsonl(G[0], G[1][:-9]),
         "line 2: is not valid JSON",
@@ -285,4 +291,4 @@ def test_the_table_covers_every_case_of_issue_5() -> None:
         "path does not exist",
     }
     assert issue_5 <= ids
-    assert N_BAD_INPUTS == 26
+    assert N_BAD_INPUTS == 27
