@@ -94,6 +94,7 @@ results asset keeps it beside the results), one line per ``custom_id``."""
 
 _READ_SIZE = 2 * 1024 * 1024  # bytes per block of lines
 _PARSE_WORKERS = 2  # blocks parsed at once, each by one thread
+_SPILL_BYTES = 6 * 1024 * 1024  # extracted rows gathered before they are spilled
 _BUCKET_BYTES = 4 * 1024 * 1024  # output bytes per bucket: what one assembly step holds
 _ROW_GROUP_BYTES = 8 * 1024 * 1024  # buckets are gathered into row groups of about this size
 _MAX_BUCKETS = 256
@@ -257,11 +258,21 @@ def join_results(
             ins.add_columns(input_columns, opts)
         _give_back_memory()
         buckets = _Buckets(ins.n, _result_bytes(outputs, errors, opts), spill_dir)
+        # Rows are spilled a few blocks at a time: each spill writes one segment per bucket it
+        # touches, so bigger spills mean fewer, larger writes.
+        held: list[pa.Table] = []
+        held_bytes = 0
         for k, tables in enumerate(results, start=1):
-            for rows in tables:
-                buckets.add(rows, ins, report)
+            held.extend(tables)
+            held_bytes += sum(t.nbytes for t in tables)
+            if held_bytes >= _SPILL_BYTES:
+                buckets.add(_concat(held), ins, report)
+                held, held_bytes = [], 0
             if k % _TRIM_EVERY == 0:
                 _give_back_memory()
+        if held:
+            buckets.add(_concat(held), ins, report)
+        del held
         buckets.close_writers()
         ins.forget_ids()  # the lookups are done: the biggest per-input structure can go
         _give_back_memory()
@@ -283,6 +294,12 @@ def join_results(
         summary.n_malformed_lines,
     )
     return summary
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    import pyarrow as pa
+
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def _give_back_memory() -> None:
@@ -508,8 +525,9 @@ def _prefetch(items: Iterator[Any]) -> Iterator[Any]:
 def _parallel(work: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any]:
     """``work(item)`` for each item on ``_PARSE_WORKERS`` threads, results in the items' order.
 
-    At most ``_PARSE_WORKERS + 1`` items are in work, so memory holds a few blocks, not the
-    file. pyarrow releases the GIL while it parses, so blocks are parsed on every core.
+    At most ``_PARSE_WORKERS`` items are in work (one more was measured ~4% faster but ~20 MB
+    more at 1M requests), so memory holds a few blocks, not the file. pyarrow releases the GIL
+    while it parses, so blocks are parsed on every core.
     """
     pool = ThreadPoolExecutor(
         max_workers=_PARSE_WORKERS, thread_name_prefix="dagster-together-parse"
@@ -518,7 +536,7 @@ def _parallel(work: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any]
     try:
         for item in items:
             pending.append(pool.submit(work, item))
-            if len(pending) > _PARSE_WORKERS:
+            if len(pending) >= _PARSE_WORKERS:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
