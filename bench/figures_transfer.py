@@ -83,8 +83,10 @@ def task_upload(
 
 # -- figures -------------------------------------------------------------------------------------
 def _curl(*args: str) -> tuple[float, int]:
-    result = run_command(["curl", "-sS", "-f", *args])
-    return result.seconds, result.max_rss
+    """curl's own ``time_total`` and the process's peak RSS: our side is timed around the call
+    in a warm process, so curl's start and exit must not count against curl either."""
+    result = run_command(["curl", "-sS", "-f", "-w", "%{stderr}%{time_total}\n", *args])
+    return float(result.stderr.strip().splitlines()[-1]), result.max_rss
 
 
 def _curl_put(path: str, url: str) -> dict[str, float]:
