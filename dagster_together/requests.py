@@ -891,7 +891,8 @@ class _Source:
             return
 
         if isinstance(self.arrow, tuple):
-            batches = _parquet_batches(*self.arrow, columns)
+            fs, path = self.arrow
+            batches = _parquet_batches(fs, path, columns)
         else:
             batches = iter(self.arrow.select(columns).to_batches(max_chunksize=10_000))
         index = 0
@@ -905,8 +906,11 @@ class _Source:
                 for name in struct_columns:
                     # Arrow structs give every row every key; drop the nulls it made up.
                     row[name] = _drop_nulls(row[name])
-                pos = index
-                yield (lambda pos=pos: f"{self.name}, row {pos} (0-based)"), row
+
+                def label(pos: int = index) -> str:
+                    return f"{self.name}, row {pos} (0-based)"
+
+                yield label, row
                 index += 1
 
     def _jsonl_rows(self) -> Iterator[tuple[Callable[[], str], dict[str, Any]]]:
@@ -930,7 +934,11 @@ class _Source:
                     raise InvalidRequestFileError(
                         f"{where}: is a JSON {_json_type(row)}, not an object (a row)."
                     )
-                yield (lambda where=where: where), row
+
+                def label(where: str = where) -> str:
+                    return where
+
+                yield label, row
 
 
 def _parquet_batches(fs: Any, path: str, columns: list[str]) -> Iterator[Any]:
