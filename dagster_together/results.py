@@ -276,14 +276,14 @@ def join_results(
         buckets.close_writers()
         ins.forget_ids()  # the lookups are done: the biggest per-input structure can go
         _give_back_memory()
-        summary = _assemble(ins, buckets, destination, opts, default_status, report)
+        fields = _assemble(ins, buckets, destination, opts, default_status, report)
     finally:
         results.close()
         if buckets is not None:
             buckets.close()
         shutil.rmtree(spill_dir, ignore_errors=True)
         _give_back_memory()
-    summary = JoinSummary(**{**summary, "batch_status": batch_status})
+    summary = JoinSummary(**{**fields, "batch_status": batch_status})
     logger.info(
         "Joined %s inputs into %s: %s; %s unknown, %s duplicate, %s malformed lines",
         summary.n_inputs,
@@ -897,7 +897,8 @@ def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
         table = _load_table(inputs, opts)
         _user_table(ins, table, "inputs")
         return ins
-    jsonl, parquet = [], []
+    jsonl: list[str] = []
+    parquet: list[str] = []
     for location in locations:
         fs, path = _filesystem(location, opts)
         if not fs.exists(path):
@@ -1324,7 +1325,9 @@ def _result_block_slow(block: _Block, location: str, report: _Report | _BadLines
             continue
         rows.append((*row, text.rstrip("\r\n")))
     schema = _row_schema()
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema.names]
+    columns: list[Sequence[Any]] = (
+        list(zip(*rows, strict=True)) if rows else [[] for _ in schema.names]
+    )
     return pa.Table.from_arrays(
         [pa.array(col, typ) for col, typ in zip(columns, schema.types, strict=True)],
         schema=schema,
@@ -1473,7 +1476,7 @@ class _Buckets:
         for count in counts.field("counts").to_pylist():
             cuts.append(cuts[-1] + count)
         # Per column: the buffers to slice, and for strings the byte offset of every cut.
-        parts = []
+        parts: list[tuple[memoryview, memoryview, memoryview | None, Any]] = []
         cut_array = _int64s(array.array("q", cuts))
         for column, is_string in zip(rows.columns, self.strings, strict=True):
             arr = column.chunk(0)
@@ -1529,11 +1532,11 @@ class _Buckets:
         t = 0
         for is_string in self.strings:
             if is_string:
-                sizes = (n, 4 * n, texts[t])
+                buffer_sizes: tuple[int, ...] = (n, 4 * n, texts[t])
                 t += 1
             else:
-                sizes = (n, 8 * n)
-            buffers.append([pa.allocate_buffer(size) for size in sizes])
+                buffer_sizes = (n, 8 * n)
+            buffers.append([pa.allocate_buffer(size) for size in buffer_sizes])
         views = [[memoryview(b).cast("B") for b in column] for column in buffers]
         row = 0
         text_at = [0] * len(texts)
@@ -1660,7 +1663,7 @@ def _assemble(
     staging = _Staging(_parent(destination), opts)
     name = posixpath.basename(destination.rstrip("/"))
     result_schema = pa.schema(list(_row_schema())[1:])
-    writer = None
+    writer: pq.ParquetWriter | None = None
     schema = None
     # Parquet encoding runs in its own thread (pyarrow releases the GIL) while the next buckets
     # are prepared. Small buckets keep the preparation light; they are gathered into row groups
@@ -1678,6 +1681,7 @@ def _assemble(
         gathered, gathered_bytes = [], 0
         if pending is not None:
             pending.result()  # raises if the previous write failed
+        assert writer is not None  # opened before the first table is gathered
         pending = write_thread.submit(writer.write_table, group, row_group_size=group.num_rows)
 
     try:
