@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check dagster_together tests example_project bench
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -28,7 +29,6 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix dagster_together tests example_project bench
 
 typecheck: $(STAMP)
-	$(BIN)/python -m pip install --quiet mypy
 	$(BIN)/mypy
 
 # The example pipeline end to end on the embedded defaults: the local emulator and local files.
