@@ -1170,11 +1170,13 @@ def _row_schema() -> pa.Schema:
 
 
 def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -> _Prefetcher:
-    """Extracted rows of output and error files, in order, from a background thread.
+    """Extracted rows of output and error files, in order, from background threads.
 
-    The thread starts at once and reads, parses and extracts (none of it needs the inputs) up
-    to ``_READ_AHEAD`` blocks ahead, so it works while the inputs are still being read; the
-    caller's thread then looks the ids up and spills. Each item is a list of tables.
+    A reader thread starts at once, reads blocks and hands them to the parse threads (see
+    :func:`_parallel`), which parse and extract them (none of it needs the inputs); it keeps up
+    to ``_READ_AHEAD`` extracted blocks ahead, so the work starts while the inputs are still
+    being read. The caller's thread then looks the ids up and spills. Each item is a list of
+    tables.
     """
     schema = _result_schema()
 
