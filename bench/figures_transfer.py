@@ -82,24 +82,22 @@ def task_upload(
 
 
 # -- figures -------------------------------------------------------------------------------------
-def _curl(*args: str) -> tuple[float, int]:
-    """curl's own ``time_total`` and the process's peak RSS: our side is timed around the call
-    in a warm process, so curl's start and exit must not count against curl either."""
+def _curl(*args: str) -> dict[str, float]:
+    """curl with ``args``: its own ``time_total`` (connect to last byte) as ``seconds``, the
+    process's wall time and its peak RSS. Figures compare with ``time_total``: our side is timed
+    around the call in a warm process, so curl's start and exit (10-50 ms here) must not count
+    against curl."""
     result = run_command(["curl", "-sS", "-f", "-w", "%{stderr}%{time_total}\n", *args])
-    return float(result.stderr.strip().splitlines()[-1]), result.max_rss
-
-
-def _curl_put(path: str, url: str) -> dict[str, float]:
-    """``curl -T path url``: curl's own ``time_total`` (connect to last byte of the answer) and
-    the process's wall time. The upload figure compares with ``time_total``: our side is timed
-    in a warm process, so curl's start and exit (10-50 ms here) must not count against it."""
-    result = run_command(
-        ["curl", "-sS", "-f", "-o", os.devnull, "-w", "%{stderr}%{time_total}\n", "-T", path, url]
-    )
     return {
         "seconds": float(result.stderr.strip().splitlines()[-1]),
         "process_seconds": result.seconds,
+        "max_rss": result.max_rss,
     }
+
+
+def _curl_put(path: str, url: str) -> dict[str, float]:
+    """``curl -T path url``, the answer discarded."""
+    return _curl("-o", os.devnull, "-T", path, url)
 
 
 def _throughput_row(
@@ -174,7 +172,7 @@ def retrieve_local(ctx: Context) -> list[Row]:
     size = ctx.sizes.big_bytes
     source = data.big_file(size)
     ours: list[dict[str, Any]] = []
-    ref: list[tuple[float, int]] = []
+    ref: list[dict[str, float]] = []
     with EmulatorProcess() as emu:
         file_id = emu.add_file(source)
         url = f"{emu.base_url}/files/{file_id}/content"
@@ -187,17 +185,17 @@ def retrieve_local(ctx: Context) -> list[Row]:
             ref.append(_curl("-H", f"Authorization: Bearer {API_KEY}", "-o", str(target), url))
             target.unlink()
     best_ours = min(float(r["seconds"]) for r in ours)
-    best_ref = min(s for s, _ in ref)
+    best_ref = min(r["seconds"] for r in ref)
     ratio = best_ref / best_ours  # throughput ratio
     peak = max(int(r["peak_rss"]) for r in ours)
     values = {
         "bytes": size,
         "ours_seconds": [r["seconds"] for r in ours],
         "ours_cpu_seconds": [r["cpu_seconds"] for r in ours],
-        "curl_seconds": [s for s, _ in ref],
+        "curl_seconds": [r["seconds"] for r in ref],
         "ours_peak_rss": peak,
         "ours_rss_before": ours[0]["rss_before"],
-        "curl_max_rss": max(m for _, m in ref),
+        "curl_max_rss": max(r["max_rss"] for r in ref),
         "throughput_ratio": ratio,
     }
     return _retrieve_rows(
@@ -208,7 +206,7 @@ def retrieve_local(ctx: Context) -> list[Row]:
         best_ref,
         peak,
         reference="curl -o",
-        reference_rss=f"{megabytes(max(m for _, m in ref))} (curl)",
+        reference_rss=f"{megabytes(max(int(r['max_rss']) for r in ref))} (curl)",
         limit_mb=100,
         values=values,
     )
