@@ -1761,10 +1761,11 @@ def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """Dictionary encoding and min/max statistics only where they pay off.
 
     Long, mostly unique texts (prompts, answers, raw lines) gain nothing from either, and trying
-    costs time; ids, statuses, models, codes and counts keep both (they make filters fast).
+    costs time; statuses, models, codes and counts keep both (they make filters fast). Ids keep
+    statistics only: they are unique, so a dictionary would fill up and fall back to plain.
     """
     small = [f.name for f in schema if f.name not in _TEXT_COLUMNS]
-    return {"use_dictionary": small, "write_statistics": small}
+    return {"use_dictionary": [n for n in small if n != "custom_id"], "write_statistics": small}
 
 
 def _pick(spilled: pa.Table, lo: int, hi: int, inputs: pa.Table, report: _Report) -> pa.Table:
