@@ -77,6 +77,13 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of another running process, from /proc."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def timed() -> Iterator[dict[str, float]]:
     """``with timed() as t: ...`` then ``t["seconds"]`` is the wall time of the block and
