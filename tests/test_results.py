@@ -13,7 +13,15 @@ import pytest
 
 from dagster_together import results as rs
 from dagster_together.client.errors import InvalidRequestFileError
-from dagster_together.results import JoinSummary, MalformedResultError, join_results
+from dagster_together.results import (
+    JoinSummary,
+    MalformedResultError,
+    assemble,
+    blocks,
+    buckets,
+    join_results,
+)
+from dagster_together.results.outputs import _NO_RESPONSE
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 
@@ -275,7 +283,7 @@ def test_odd_but_valid_lines(tmp_path: Path) -> None:
         "slow down",
         "rate_limit",
     )
-    assert (rows["bare"]["status"], rows["bare"]["error"]) == ("failed", rs._NO_RESPONSE)
+    assert (rows["bare"]["status"], rows["bare"]["error"]) == ("failed", _NO_RESPONSE)
     assert (rows["text"]["content"], rows["text"]["finish_reason"], rows["text"]["model"]) == (
         "completed",
         "length",
@@ -466,7 +474,7 @@ def test_local_publish_is_atomic(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(rs, "_add_tokens", broken)
+    monkeypatch.setattr(assemble, "_add_tokens", broken)
     outputs = write_jsonl(tmp_path / "o.jsonl", [output("r1")])
     with pytest.raises(OSError, match="disk full"):
         join_results(inputs=inputs, outputs=outputs, destination=dest)
@@ -524,9 +532,9 @@ def _oracle(inputs: list[dict[str, Any]], result_lines: list[str], default: str)
 def test_many_blocks_and_buckets_match_a_plain_join(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
-    monkeypatch.setattr(rs, "_READ_SIZE", 4096)  # a few dozen lines per block
-    monkeypatch.setattr(rs, "_BUCKET_BYTES", 3000)  # many buckets
-    monkeypatch.setattr(rs, "_ROW_GROUP_BYTES", 20_000)
+    monkeypatch.setattr(blocks, "_READ_SIZE", 4096)  # a few dozen lines per block
+    monkeypatch.setattr(buckets, "_BUCKET_BYTES", 3000)  # many buckets
+    monkeypatch.setattr(assemble, "_ROW_GROUP_BYTES", 20_000)
     rnd = random.Random(seed)
     inputs = [request(f"id-{i:04d}-{'x' * rnd.randint(0, 20)}", f"p{i}") for i in range(600)]
     ids = [r["custom_id"] for r in inputs]
