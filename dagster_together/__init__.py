@@ -1,13 +1,14 @@
 """Dagster integration for Together AI's Batch inference API.
 
-Submit a prompts table as batches, watch them with a sensor that holds no run slot, and get the
-answers back as a Parquet table joined to the inputs on ``custom_id``::
+Submit a prompts table as batches, watch them with a sensor that holds no run slot (or wait
+inside the run), and get the answers back as a Parquet table joined to the inputs::
 
-    from dagster_together import RequestTemplate, TogetherResource, together_batch_assets
+    from dagster_together import RequestTemplate, TogetherResource, build_together_batch_defs
 
-The plain-Python pieces (``TogetherClient``, ``join_results``, ``build_requests``) work without
-Dagster too. Importing this package loads Dagster but not httpx, pyarrow or s3fs: the names that
-need them are loaded on first use, so a code location loads as fast as ``import dagster``.
+The plain-Python pieces (``TogetherClient``, ``join_results``) work without Dagster too; every
+exception is importable from :mod:`dagster_together.errors`. Importing this package loads
+Dagster but not httpx, pyarrow or s3fs: the names that need them load on first use, so a code
+location loads as fast as ``import dagster``.
 """
 
 from __future__ import annotations
@@ -17,56 +18,24 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterLibraryRegistry
 
-from dagster_together.assets import (
-    COMPLETENESS_CHECK,
-    ERROR_RATE_CHECK,
-    TogetherBatchDefs,
-    together_batch_assets,
-)
-from dagster_together.client.errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    DownloadError,
-    InvalidRequestFileError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    TogetherError,
-)
-from dagster_together.client.types import BatchJob, BatchStatus, FileObject, FileResponse
+from dagster_together.assets import TogetherBatchDefs, build_together_batch_defs
+from dagster_together.client.types import BatchJob, BatchStatus, FileObject
 from dagster_together.components import TogetherBatchComponent
+from dagster_together.options import BatchingOptions, ResultsOptions, SensorOptions, WaitOptions
 from dagster_together.resources import TogetherResource
-from dagster_together.sensors import together_batch_sensor
 from dagster_together.storage import BatchStorageLayout
+from dagster_together.translator import DagsterTogetherTranslator
 from dagster_together.version import __version__
 
 if TYPE_CHECKING:
     from dagster_together.client import TogetherClient
-    from dagster_together.requests import (
-        RequestChunk,
-        RequestFileStats,
-        RequestTemplate,
-        build_requests,
-        check_request_file,
-        write_request_chunks,
-    )
-    from dagster_together.results import JoinSummary, join_results
+    from dagster_together.requests import RequestTemplate
+    from dagster_together.results import join_results
 
 # Public names whose modules import httpx or pyarrow: loaded when first asked for.
 _LAZY = {
     "TogetherClient": "dagster_together.client",
-    "RequestChunk": "dagster_together.requests",
-    "RequestFileStats": "dagster_together.requests",
     "RequestTemplate": "dagster_together.requests",
-    "build_requests": "dagster_together.requests",
-    "check_request_file": "dagster_together.requests",
-    "write_request_chunks": "dagster_together.requests",
-    "JoinSummary": "dagster_together.results",
     "join_results": "dagster_together.results",
 }
 
@@ -81,41 +50,23 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "COMPLETENESS_CHECK",
-    "ERROR_RATE_CHECK",
-    "APIConnectionError",
-    "APIError",
-    "APITimeoutError",
-    "AuthenticationError",
-    "BadRequestError",
     "BatchJob",
     "BatchStatus",
     "BatchStorageLayout",
-    "ConflictError",
-    "DownloadError",
+    "BatchingOptions",
+    "DagsterTogetherTranslator",
     "FileObject",
-    "FileResponse",
-    "InvalidRequestFileError",
-    "JoinSummary",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "RateLimitError",
-    "RequestChunk",
-    "RequestFileStats",
     "RequestTemplate",
-    "ServerError",
+    "ResultsOptions",
+    "SensorOptions",
     "TogetherBatchComponent",
     "TogetherBatchDefs",
     "TogetherClient",
-    "TogetherError",
     "TogetherResource",
+    "WaitOptions",
     "__version__",
-    "build_requests",
-    "check_request_file",
+    "build_together_batch_defs",
     "join_results",
-    "together_batch_assets",
-    "together_batch_sensor",
-    "write_request_chunks",
 ]
 
 DagsterLibraryRegistry.register("dagster-together", __version__, is_dagster_package=False)

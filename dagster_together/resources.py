@@ -1,7 +1,10 @@
-"""``TogetherResource``: the Dagster resource that hands out a :class:`TogetherClient`.
+"""``TogetherResource``: the Dagster resource for Together's Batch API.
 
-The client (and with it httpx) is imported only when a client is first asked for, so that
-loading a code location that merely *defines* the resource stays as fast as ``import dagster``.
+It hands out a plain :class:`TogetherClient` (for sensors, scripts and notebooks) and carries
+the execution methods assets call, as ``FivetranWorkspace.sync_and_poll`` does:
+:meth:`~TogetherResource.submit_batches`, :meth:`~TogetherResource.collect_results` and
+:meth:`~TogetherResource.submit_and_wait`. The client (and with it httpx) is imported only when
+first asked for, so that loading a code location stays as fast as ``import dagster``.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from dagster_together.options import BatchingOptions, ResultsOptions, WaitOptions
+from dagster_together.storage import BatchStorageLayout
+
 if TYPE_CHECKING:
     from dagster_together.client import Batches, Files, TogetherClient
+    from dagster_together.requests import RequestTemplate
 
 __all__ = ["TogetherResource"]
 
@@ -133,8 +140,185 @@ class TogetherResource(dg.ConfigurableResource):
         """``/batches``: create_batch, get_batch, list_batches, cancel_batch."""
         return self.get_client().batches
 
+    # -- execution: what assets call ---------------------------------------------------------
+    def submit_batches(
+        self,
+        context: dg.AssetExecutionContext,
+        prompts: Any,
+        *,
+        storage: str | BatchStorageLayout,
+        partitions_def: dg.DynamicPartitionsDefinition,
+        template: RequestTemplate | None = None,
+        id_column: str | None = None,
+        batching: BatchingOptions = BatchingOptions(),
+    ) -> dg.MaterializeResult:
+        """Submit ``prompts`` as batches; register each batch id as a partition of
+        ``partitions_def`` (the results asset's), where the batch sensor finds it.
+
+        Every request is built and validated before the first upload; a batch created earlier
+        for identical input is reused, never billed twice. ``prompts`` is a pyarrow Table, a
+        pandas DataFrame, or the location of a Parquet or JSONL file; with ``template`` any
+        columns (``id_column`` gives ``custom_id``), without it ``custom_id`` and ``body``.
+
+        Example:
+            .. code-block:: python
+
+                @dg.asset(deps=[reviews])
+                def sentiment_batches(context, reviews, together: TogetherResource):
+                    return together.submit_batches(
+                        context, reviews, storage="s3://bucket/sentiment",
+                        partitions_def=batches_partitions, template=TEMPLATE, id_column="id",
+                    )
+        """
+        from dagster_together.failures import failures_for_humans
+        from dagster_together.submit import submission_metadata, submit_prompts
+
+        layout = _layout(storage)
+        name = partitions_def.name
+        if not name:
+            raise ValueError("partitions_def must be a named DynamicPartitionsDefinition.")
+        with failures_for_humans(
+            f"Submitting {_asset_name(context)}", storage_url=layout.storage_url
+        ):
+            batches = submit_prompts(
+                context,
+                self.get_client(),
+                prompts,
+                layout=layout,
+                template=template,
+                id_column=id_column,
+                batching=batching,
+                file_prefix=_asset_name(context),
+                on_batch=lambda batch_id: context.instance.add_dynamic_partitions(name, [batch_id]),
+            )
+        if not batches:
+            context.log.warning("The prompts table is empty: no batch was submitted.")
+        return dg.MaterializeResult(metadata=submission_metadata(batches, layout))
+
+    def collect_results(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        storage: str | BatchStorageLayout,
+        batch_id: str | None = None,
+        results: ResultsOptions = ResultsOptions(),
+    ) -> dg.MaterializeResult:
+        """Download one ended batch's output and error files and join them to its inputs into
+        ``{storage}/results/batch_id=<id>/part-0.parquet``; ``batch_id`` defaults to the run's
+        partition key. Reports the table (rows, schema, location, statuses, tokens, a preview)
+        and the ``completeness``/``error_rate`` checks the asset declares.
+        """
+        from dagster_together.collect import check_results, collect_batch, results_metadata
+        from dagster_together.failures import failures_for_humans
+
+        layout = _layout(storage)
+        batch_id = batch_id or context.partition_key
+        with failures_for_humans(f"Collecting batch {batch_id}", storage_url=layout.storage_url):
+            job, summary = collect_batch(context, self.get_client(), batch_id, layout)
+        metadata = results_metadata([summary], uri=summary.destination)
+        metadata["together/batch_id"] = job.id
+        metadata["together/batch_status"] = str(job.status)
+        if job.error:
+            metadata["together/batch_error"] = job.error
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=_declared(context, check_results([(job, summary)], results)),
+        )
+
+    def submit_and_wait(
+        self,
+        context: dg.AssetExecutionContext,
+        prompts: Any,
+        *,
+        storage: str | BatchStorageLayout,
+        template: RequestTemplate | None = None,
+        id_column: str | None = None,
+        batching: BatchingOptions = BatchingOptions(),
+        results: ResultsOptions = ResultsOptions(),
+        wait: WaitOptions = WaitOptions(),
+    ) -> dg.MaterializeResult:
+        """Submit ``prompts``, wait inside this run until every batch has ended, and join the
+        results: for small jobs, or a deployment without the daemon.
+
+        After ``wait.poll_timeout`` the run fails, naming the batches (left running: a re-run
+        reuses them). When the run is terminated, the batches still running are cancelled if
+        ``wait.cancel_on_termination``.
+
+        Example:
+            .. code-block:: python
+
+                @dg.asset
+                def sentiment(context, reviews, together: TogetherResource):
+                    return together.submit_and_wait(
+                        context, reviews, storage="/data/sentiment", template=TEMPLATE,
+                        id_column="review_id", wait=WaitOptions(poll_interval=10),
+                    )
+        """
+        from dagster_together.collect import check_results, collect_batch, results_metadata
+        from dagster_together.failures import failures_for_humans
+        from dagster_together.submit import submission_metadata, submit_prompts
+        from dagster_together.wait import cancel_running, wait_for_batches
+
+        layout = _layout(storage)
+        client = self.get_client()
+        what = f"Submitting {_asset_name(context)}"
+        with failures_for_humans(what, storage_url=layout.storage_url):
+            batches = submit_prompts(
+                context,
+                client,
+                prompts,
+                layout=layout,
+                template=template,
+                id_column=id_column,
+                batching=batching,
+                file_prefix=_asset_name(context),
+            )
+        metadata = submission_metadata(batches, layout)
+        if not batches:
+            context.log.warning("The prompts table is empty: no batch was submitted.")
+            return dg.MaterializeResult(metadata=metadata)
+        batch_ids = [b.batch_id for b in batches]
+        try:
+            with failures_for_humans(f"Waiting for {len(batch_ids)} batch(es)"):
+                jobs = wait_for_batches(context, client, batch_ids, wait)
+        except Exception:
+            raise
+        except BaseException:  # the run is being terminated
+            if wait.cancel_on_termination:
+                cancel_running(context, client, batch_ids)
+            else:
+                context.log.warning(
+                    f"Run terminated; batches {', '.join(batch_ids)} keep running "
+                    "(cancel_on_termination is off)."
+                )
+            raise
+        ended = []
+        for job in jobs:
+            with failures_for_humans(f"Collecting batch {job.id}", storage_url=layout.storage_url):
+                ended.append(collect_batch(context, client, job.id, layout))
+        metadata.update(results_metadata([s for _, s in ended], uri=layout.results_url))
+        return dg.MaterializeResult(
+            metadata=metadata, check_results=_declared(context, check_results(ended, results))
+        )
+
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         # Release the connection pool at the end of a run / sensor tick.
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _layout(storage: str | BatchStorageLayout) -> BatchStorageLayout:
+    return storage if isinstance(storage, BatchStorageLayout) else BatchStorageLayout(storage)
+
+
+def _asset_name(context: dg.AssetExecutionContext) -> str:
+    return context.asset_key.path[-1]
+
+
+def _declared(
+    context: dg.AssetExecutionContext, results: list[dg.AssetCheckResult]
+) -> list[dg.AssetCheckResult]:
+    """The check results the asset declares (a hand-written asset may declare none)."""
+    selected = {key.name for key in context.selected_asset_check_keys}
+    return [r for r in results if r.check_name in selected]

@@ -11,69 +11,110 @@ holds only the batches this sensor requested a run for that are not materialised
 running, or failed runs), so it stays small and is pruned every tick.
 """
 
-from __future__ import annotations
-
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from dagster_together.options import SensorOptions
+from dagster_together.resources import TogetherResource
+
 if TYPE_CHECKING:
     from dagster_together.client import BatchJob
-    from dagster_together.resources import TogetherResource
 
 __all__ = [
     "BATCH_ID_TAG",
     "BATCH_STATUS_TAG",
-    "DEFAULT_SENSOR_INTERVAL_SECONDS",
+    "MISSING_TICKS_BEFORE_DROP",
     "together_batch_sensor",
 ]
-
-DEFAULT_SENSOR_INTERVAL_SECONDS = 60
-"""Default ``minimum_interval_seconds``: batches take minutes to hours, a minute is plenty."""
 
 BATCH_ID_TAG = "dagster-together/batch_id"
 """Run tag holding the batch id of a run launched by the sensor."""
 BATCH_STATUS_TAG = "dagster-together/batch_status"
 """Run tag holding the terminal batch status that triggered the run."""
 
-# The sensor timeout is 60 s by default. The one list call gets at most 2 attempts of 15 s and
-# a Retry-After capped at 5 s (~35 s worst case); everything else is in-memory work, so the tick
-# ends well inside the limit even with thousands of batches in flight.
-_LIST_TIMEOUT_SECONDS = 15.0
+MISSING_TICKS_BEFORE_DROP = 3
+"""Ticks in a row a batch may be absent from ``GET /batches`` (a new batch can take a moment to
+show up) before it is reported as gone (deleted, another account) and no longer watched."""
+
+# Dagster ends a sensor evaluation after DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS (60 by default).
+# The tick keeps a quarter of it in reserve; the one list call gets a third of the rest.
+_SENSOR_TIMEOUT_ENV = "DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS"
+_DEFAULT_SENSOR_TIMEOUT_SECONDS = 60.0
 _LIST_MAX_RETRIES = 1
-_LIST_RETRY_AFTER_MAX_SECONDS = 5.0
-_TICK_BUDGET_SECONDS = 45.0
 _PROGRESS_EXAMPLES = 5  # batches shown by name in the one progress line
 
-_CURSOR_VERSION = 1
+_CURSOR_VERSION = 2
 
 
-def _load_cursor(raw: str | None, log: Any) -> dict[str, str]:
-    """``{batch_id: status}`` of runs requested but not yet visible in the instance."""
-    if not raw:
-        return {}
+def tick_budget_seconds(environ: Mapping[str, str] = os.environ) -> float:
+    """Three quarters of the sensor timeout Dagster enforces in this deployment."""
     try:
-        data = json.loads(raw)
-        launched = data["launched"]
-        if not isinstance(launched, dict):
-            raise TypeError("launched is not an object")
-        return {str(k): str(v) for k, v in launched.items()}
-    except (ValueError, KeyError, TypeError) as exc:
-        # Safe to restart empty: the instance still knows every materialised/launched partition
-        # and the daemon de-duplicates run keys.
-        log.warning(f"Ignoring an unreadable sensor cursor ({exc}); starting from the instance.")
-        return {}
+        timeout = float(environ.get(_SENSOR_TIMEOUT_ENV, _DEFAULT_SENSOR_TIMEOUT_SECONDS))
+    except ValueError:
+        timeout = _DEFAULT_SENSOR_TIMEOUT_SECONDS
+    return 0.75 * max(timeout, 4.0)
 
 
-def _dump_cursor(launched: Mapping[str, str]) -> str:
-    return json.dumps({"v": _CURSOR_VERSION, "launched": dict(sorted(launched.items()))})
+@dataclass
+class _Cursor:
+    """What a tick carries to the next: small, JSON, pruned every tick.
+
+    launched: batches whose results run was requested, until the instance shows it materialised.
+    missing: ticks in a row each watched batch was absent from Together's list.
+    gone: batches reported as gone, no longer watched.
+    """
+
+    launched: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, raw: str | None, log: Any) -> "_Cursor":
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+            launched = data["launched"]
+            if not isinstance(launched, dict):
+                raise TypeError("launched is not an object")
+            return cls(
+                launched={str(k): str(v) for k, v in launched.items()},
+                missing={str(k): int(v) for k, v in dict(data.get("missing", {})).items()},
+                gone={str(k) for k in data.get("gone", [])},
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            # Safe to restart empty: the instance still knows every materialised/launched
+            # partition and the daemon de-duplicates run keys.
+            log.warning(
+                f"Ignoring an unreadable sensor cursor ({exc}); starting from the instance."
+            )
+            return cls()
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "v": _CURSOR_VERSION,
+                "launched": dict(sorted(self.launched.items())),
+                "missing": dict(sorted(self.missing.items())),
+                "gone": sorted(self.gone),
+            }
+        )
+
+    def prune(self, submitted: set[str], done: set[str]) -> None:
+        """Forget batches that were deleted as partitions or are materialised."""
+        self.launched = {b: s for b, s in self.launched.items() if b in submitted and b not in done}
+        self.missing = {b: n for b, n in self.missing.items() if b in submitted and b not in done}
+        self.gone = {b for b in self.gone if b in submitted and b not in done}
 
 
-def _progress_line(running: Sequence[BatchJob], missing: Sequence[str]) -> str:
+def _progress_line(running: Sequence["BatchJob"], missing: Sequence[str]) -> str:
     """One compact line: counts per status, then a few batches with their progress."""
     counts = Counter(str(job.status) for job in running)
     parts = [f"{n} {status}" for status, n in sorted(counts.items())]
@@ -116,9 +157,8 @@ def together_batch_sensor(
     job: Any,
     results_asset_key: dg.AssetKey | str | Sequence[str],
     partitions_def: dg.DynamicPartitionsDefinition,
-    resource_key: str = "together",
-    minimum_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    options: SensorOptions = SensorOptions(),
+    together: TogetherResource | None = None,
     description: str | None = None,
 ) -> dg.SensorDefinition:
     """A sensor that launches one run of ``job`` per Together batch that reached a final status.
@@ -128,153 +168,179 @@ def together_batch_sensor(
     at all when nothing is being watched. A batch whose status is terminal (COMPLETED, FAILED,
     EXPIRED or CANCELLED: partial output is still worth joining) gets exactly one
     ``RunRequest(partition_key=batch_id, run_key=f"{batch_id}:{status}")``. Running batches
-    are logged in one progress line; an unknown status is treated as running and logged. When
-    the API cannot be reached the tick fails, the cursor is not advanced, and the next tick
-    picks everything up again: no batch is lost or launched twice.
+    (CANCELING included) are logged in one progress line; an unknown status is treated as
+    running and logged. A batch absent from Together's list for
+    :data:`MISSING_TICKS_BEFORE_DROP` ticks in a row is reported once (a warning, and an
+    observation on its partition) and no longer watched. When the API cannot be reached the
+    tick fails, the cursor is not advanced, and the next tick picks everything up again: no
+    batch is lost or launched twice. The tick's time budget follows Dagster's sensor timeout
+    (``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS``).
 
-    :func:`~dagster_together.together_batch_assets` builds this sensor for you (``.sensor``);
-    call it directly only to wire it to your own results job.
+    :func:`~dagster_together.build_together_batch_defs` builds this sensor for you; call it
+    directly only to wire it to your own results job.
 
     Args:
         name: the sensor's name.
-        job: the job (``dg.define_asset_job(...)`` or a ``JobDefinition``) that materialises
-            one partition of the results asset.
+        job: the job that materialises one partition of the results asset.
         results_asset_key: the results asset (its partitions' status tells which batches are done).
         partitions_def: the dynamic partitions holding one key per submitted batch id.
-        resource_key: key of the :class:`~dagster_together.TogetherResource` in the Definitions.
-        minimum_interval_seconds: seconds between ticks (default 60).
-        default_status: RUNNING by default: an idle tick costs no API call, and batches that
-            nobody collects expire and are billed for nothing. Pass
-            ``dg.DefaultSensorStatus.STOPPED`` to switch it on by hand in the UI.
+        options: interval and default status.
+        together: the resource to use; None: the ``together`` resource of the Definitions.
         description: shown in the UI.
-
-    Example:
-        .. code-block:: python
-
-            sensor = together_batch_sensor(
-                name="reviews_batch_sensor",
-                job=my_results_job,
-                results_asset_key="reviews_results",
-                partitions_def=dg.DynamicPartitionsDefinition(name="reviews_batches"),
-            )
     """
     asset_key = dg.AssetKey.from_coercible(results_asset_key)
     partitions_name = partitions_def.name
     if not partitions_name:
         raise ValueError("partitions_def must be a named DynamicPartitionsDefinition.")
 
-    @dg.sensor(
+    decorate = dg.sensor(
         name=name,
         job=job,
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=default_status,
-        required_resource_keys={resource_key},
+        minimum_interval_seconds=options.minimum_interval_seconds,
+        default_status=options.default_status,
         description=description
         or (
             f"Watches the Together batches of {partitions_name!r} with one GET /batches per tick "
             f"and launches one {asset_key.to_user_string()} run per finished batch."
         ),
     )
-    # ``**_resources``: direct invocation (``sensor(build_sensor_context(...))``) passes the
-    # required resources as keyword arguments; the daemon does not. Both read context.resources.
-    def _sensor(
-        context: dg.SensorEvaluationContext, **_resources: Any
+
+    # Unbound, the resource is a parameter: Dagster passes the Definitions' ``together``
+    # resource, in the daemon and in a direct call alike.
+    def _bound(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        assert together is not None
+        return _tick(context, together, asset_key, partitions_def)
+
+    def _from_definitions(
+        context: dg.SensorEvaluationContext, together: TogetherResource
     ) -> dg.SensorResult | dg.SkipReason:
-        started = time.monotonic()
-        instance = context.instance
-        launched = _load_cursor(context.cursor, context.log)
+        return _tick(context, together, asset_key, partitions_def)
 
-        submitted = list(instance.get_dynamic_partitions(partitions_name))
-        if not submitted:
-            return dg.SkipReason(f"No batches submitted yet ({partitions_name!r} is empty).")
-        done, running_now = _partition_states(instance, asset_key, submitted, partitions_def)
-        submitted_set = set(submitted)
-        # The cursor keeps what this sensor requested until it is materialised (a failed results
-        # run stays there: it is not re-launched, re-materialise it from the UI once fixed).
-        launched = {
-            bid: status
-            for bid, status in launched.items()
-            if bid in submitted_set and bid not in done
-        }
-        # Not watched: materialised, being materialised (by us or by hand), or requested already.
-        # A partition that failed without being requested here (e.g. materialised by hand before
-        # its batch finished) is watched again and gets its run when the batch ends.
-        watched = [
-            bid
-            for bid in submitted
-            if bid not in done and bid not in running_now and bid not in launched
-        ]
-        if not watched:
-            return dg.SensorResult(
-                skip_reason=dg.SkipReason(
-                    f"All {len(submitted)} submitted batches are retrieved or being retrieved."
-                ),
-                cursor=_dump_cursor(launched),
-            )
+    return decorate(_bound if together is not None else _from_definitions)
 
-        jobs = _list_batches(context, resource_key)
-        by_id = {job.id: job for job in jobs}
 
-        run_requests: list[dg.RunRequest] = []
-        running: list[BatchJob] = []
-        missing: list[str] = []
-        for batch_id in watched:
-            if time.monotonic() - started > _TICK_BUDGET_SECONDS:
-                # Unlaunched batches are not in the cursor: the next tick takes them.
-                context.log.warning("Tick time budget used up; the rest waits for the next tick.")
-                break
-            batch = by_id.get(batch_id)
-            if batch is None:
-                missing.append(batch_id)
-                continue
-            status = batch.status
-            if not status.is_terminal:
-                if not status.is_known:
-                    context.log.warning(
-                        f"Batch {batch_id} has status {status.value!r}, unknown to this "
-                        "version of dagster-together; treating it as still running."
-                    )
-                running.append(batch)
-                continue
-            run_requests.append(
-                dg.RunRequest(
-                    run_key=f"{batch_id}:{status.value}",
-                    partition_key=batch_id,
-                    tags={BATCH_ID_TAG: batch_id, BATCH_STATUS_TAG: status.value},
-                )
-            )
-            launched[batch_id] = status.value
+def _tick(
+    context: dg.SensorEvaluationContext,
+    resource: TogetherResource,
+    asset_key: dg.AssetKey,
+    partitions_def: dg.DynamicPartitionsDefinition,
+) -> dg.SensorResult | dg.SkipReason:
+    started = time.monotonic()
+    budget = tick_budget_seconds()
+    instance = context.instance
+    cursor = _Cursor.load(context.cursor, context.log)
+    name = partitions_def.name
+    assert name is not None
 
-        if running or missing:
-            context.log.info(_progress_line(running, missing))
-        for request in run_requests:
-            context.log.info(
-                f"Batch {request.partition_key} is {request.tags[BATCH_STATUS_TAG]}: "
-                "requesting its results run."
-            )
+    submitted = list(instance.get_dynamic_partitions(name))
+    if not submitted:
+        return dg.SkipReason(f"No batches submitted yet ({name!r} is empty).")
+    done, running_now = _partition_states(instance, asset_key, submitted, partitions_def)
+    # The cursor keeps what this sensor requested until it is materialised (a failed results
+    # run stays there: it is not re-launched, re-materialise it from the UI once fixed).
+    cursor.prune(set(submitted), done)
+    # Not watched: materialised, being materialised (by us or by hand), requested already, or
+    # gone. A partition that failed without being requested here (e.g. materialised by hand
+    # before its batch finished) is watched again and gets its run when the batch ends.
+    watched = [
+        bid
+        for bid in submitted
+        if bid not in done
+        and bid not in running_now
+        and bid not in cursor.launched
+        and bid not in cursor.gone
+    ]
+    if not watched:
         return dg.SensorResult(
-            run_requests=run_requests,
-            cursor=_dump_cursor(launched),
-            skip_reason=None
-            if run_requests
-            else dg.SkipReason(f"{len(running) + len(missing)} batch(es) still running."),
+            skip_reason=dg.SkipReason(
+                f"All {len(submitted)} submitted batches are retrieved or being retrieved."
+            ),
+            cursor=cursor.dump(),
         )
 
-    return _sensor
+    by_id = {job.id: job for job in _list_batches(context, resource, budget)}
+
+    run_requests: list[dg.RunRequest] = []
+    observations: list[dg.AssetObservation] = []
+    running: list[BatchJob] = []
+    missing: list[str] = []
+    for batch_id in watched:
+        if time.monotonic() - started > budget:
+            # Unlaunched batches are not in the cursor: the next tick takes them.
+            context.log.warning("Tick time budget used up; the rest waits for the next tick.")
+            break
+        batch = by_id.get(batch_id)
+        if batch is None:
+            ticks = cursor.missing.get(batch_id, 0) + 1
+            if ticks < MISSING_TICKS_BEFORE_DROP:
+                cursor.missing[batch_id] = ticks
+                missing.append(batch_id)
+                continue
+            cursor.missing.pop(batch_id, None)
+            cursor.gone.add(batch_id)
+            message = (
+                f"Batch {batch_id} has not been in Together's batch list for {ticks} ticks "
+                "(deleted, or created with another API key): no longer watched. Materialize "
+                "its partition by hand if it comes back."
+            )
+            context.log.warning(message)
+            observations.append(
+                dg.AssetObservation(
+                    asset_key=asset_key,
+                    partition=batch_id,
+                    metadata={"together/batch_gone": message},
+                )
+            )
+            continue
+        cursor.missing.pop(batch_id, None)
+        status = batch.status
+        if not status.is_terminal:
+            if not status.is_known:
+                context.log.warning(
+                    f"Batch {batch_id} has status {status.value!r}, unknown to this "
+                    "version of dagster-together; treating it as still running."
+                )
+            running.append(batch)
+            continue
+        run_requests.append(
+            dg.RunRequest(
+                run_key=f"{batch_id}:{status.value}",
+                partition_key=batch_id,
+                tags={BATCH_ID_TAG: batch_id, BATCH_STATUS_TAG: status.value},
+            )
+        )
+        cursor.launched[batch_id] = status.value
+
+    if running or missing:
+        context.log.info(_progress_line(running, missing))
+    for request in run_requests:
+        context.log.info(
+            f"Batch {request.partition_key} is {request.tags[BATCH_STATUS_TAG]}: "
+            "requesting its results run."
+        )
+    return dg.SensorResult(
+        run_requests=run_requests,
+        asset_events=observations,
+        cursor=cursor.dump(),
+        skip_reason=None
+        if run_requests
+        else dg.SkipReason(f"{len(running) + len(missing)} batch(es) still running."),
+    )
 
 
-def _list_batches(context: dg.SensorEvaluationContext, resource_key: str) -> Iterable[BatchJob]:
+def _list_batches(
+    context: dg.SensorEvaluationContext, resource: TogetherResource, budget: float
+) -> Iterable["BatchJob"]:
     """All batches of the account in one call, within the tick's time budget.
 
     An error propagates: the tick fails visibly and its cursor is not stored, so the next tick
     sees exactly the same watched set.
     """
-    resource: TogetherResource = getattr(context.resources, resource_key)
-    timeout = min(resource.timeout, _LIST_TIMEOUT_SECONDS)
+    # Two attempts and one Retry-After wait must fit in the budget with room to spare.
+    timeout = min(resource.timeout, budget / 3)
     retries = min(resource.max_retries, _LIST_MAX_RETRIES)
-    # A server asking us to wait a minute must not push the tick past the sensor timeout.
     with resource.make_client(
-        timeout=timeout, max_retries=retries, retry_after_max=_LIST_RETRY_AFTER_MAX_SECONDS
+        timeout=timeout, max_retries=retries, retry_after_max=budget / 9
     ) as client:
         try:
             return client.batches.list_batches()

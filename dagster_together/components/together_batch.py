@@ -1,95 +1,75 @@
-"""``TogetherBatchComponent``: :func:`~dagster_together.together_batch_assets` from a ``defs.yaml``.
-
-The component is thin on purpose: it maps YAML attributes onto the factory's arguments and, unless
-told not to, adds a :class:`~dagster_together.TogetherResource` under ``resource_key``. Everything
-the pipeline does (submit, sensor, results, checks) is the factory's; see its docstring.
+"""``TogetherBatchComponent``: :func:`~dagster_together.build_together_batch_defs` from a
+``defs.yaml``, with the same options, its own resource bound directly to its assets, and
+overridable ``execute_*`` methods.
 """
 
-from typing import Annotated, Any
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import dagster as dg
 from pydantic import Field, model_validator
 
-from dagster_together.assets import together_batch_assets
+from dagster_together.assets import TogetherBatchSteps, build_together_batch_defs
+from dagster_together.options import (
+    DEFAULT_SENSOR_INTERVAL_SECONDS,
+    BatchingOptions,
+    ResultsOptions,
+    SensorOptions,
+    WaitOptions,
+)
+from dagster_together.requests import MAX_REQUESTS_PER_BATCH
 from dagster_together.resources import TogetherResource
-from dagster_together.sensors import DEFAULT_SENSOR_INTERVAL_SECONDS
+from dagster_together.storage import BatchStorageLayout
+from dagster_together.translator import DagsterTogetherTranslator, TogetherBatchProps
+
+if TYPE_CHECKING:
+    from dagster_together.requests import RequestTemplate
 
 __all__ = [
+    "BatchingModel",
     "EnvVarRef",
     "RequestTemplateModel",
+    "ResultsModel",
+    "SensorModel",
     "TogetherBatchComponent",
     "TogetherBatchScaffolder",
     "TogetherResourceModel",
+    "WaitModel",
 ]
 
 DEFAULT_API_KEY_ENV_VAR = "TOGETHER_API_KEY"
+# The scaffold's placeholders look like <...>: a defs.yaml still holding one names it on load.
+_PLACEHOLDER = re.compile(r"<[^<>]+>")
 
 
-class EnvVarRef(dg.Model):
+class EnvVarRef(dg.Resolvable, dg.Model):
     """``{env: NAME}``: the value of environment variable ``NAME``, read where the resource is
     used (run, sensor tick) and shown in the Dagster UI by its name only, like ``dg.EnvVar``."""
 
     env: str = Field(description="Name of the environment variable.")
 
 
-class TogetherResourceModel(dg.Model):
-    """YAML settings of the :class:`~dagster_together.TogetherResource` the component adds."""
+class TogetherResourceModel(dg.Resolvable, dg.Model):
+    """The Together API settings of this component (its resource is bound to its assets)."""
 
     api_key: str | EnvVarRef | None = Field(
         default=None,
         description=(
-            "Unset: {env: TOGETHER_API_KEY}. Prefer {env: NAME} to a string: a string, "
-            "'{{ env.NAME }}' included, is rendered when the definitions load and then shows "
-            "in the Dagster UI's resource config."
+            "Unset: {env: TOGETHER_API_KEY}. Prefer {env: NAME} to a string: a string is "
+            "rendered when the definitions load and then shows in the Dagster UI."
         ),
     )
     base_url: str | None = Field(
         default=None,
-        description="API base URL. Unset: TOGETHER_BASE_URL, else https://api.together.xyz/v1.",
+        description="API base URL. Unset: TOGETHER_BASE_URL, else Together's public API.",
     )
 
 
-# One resource object per distinct settings: Dagster merges the definitions of sibling
-# components only when a resource key maps to the *same* object, so two components with the same
-# settings must share it.
-_SHARED_RESOURCES: dict[tuple[Any, ...], TogetherResource] = {}
-
-
-def _shared_resource(api_key: str | dg.EnvVar, base_url: str | None) -> TogetherResource:
-    if isinstance(api_key, dg.EnvVar):
-        key: tuple[Any, ...] = ("env", api_key.env_var_name, base_url)
-    else:
-        key = ("literal", api_key, base_url)
-    resource = _SHARED_RESOURCES.get(key)
-    if resource is None:
-        resource = _SHARED_RESOURCES[key] = TogetherResource(api_key=api_key, base_url=base_url)
-    return resource
-
-
-def _default_resource() -> TogetherResource:
-    return _shared_resource(dg.EnvVar(DEFAULT_API_KEY_ENV_VAR), None)
-
-
-def _resolve_resource(
-    context: dg.ResolutionContext, model: TogetherResourceModel | str
-) -> TogetherResource:
-    if isinstance(model, str):  # "{{ ... }}": a TogetherResource from the template scope
-        value = context.resolve_value(model)
-        if not isinstance(value, TogetherResource):
-            raise ValueError(f"resource: expected a TogetherResource, got {type(value).__name__}.")
-        return value
-    api_key: str | dg.EnvVar | None
-    if isinstance(model.api_key, EnvVarRef):
-        api_key = dg.EnvVar(context.at_path("api_key").resolve_value(model.api_key.env))
-    else:
-        api_key = context.at_path("api_key").resolve_value(model.api_key)
-    base_url = context.at_path("base_url").resolve_value(model.base_url)
-    return _shared_resource(api_key or dg.EnvVar(DEFAULT_API_KEY_ENV_VAR), base_url or None)
-
-
 class RequestTemplateModel(dg.Model):
-    """How a row of the prompts table becomes a request body: the YAML form of
-    :class:`~dagster_together.RequestTemplate` (whose ``endpoint`` is the component's)."""
+    """How a row of the prompts table becomes a request body."""
 
     model: str = Field(description="The model every request uses.")
     prompt_column: str = Field(description="The column holding the user message / prompt.")
@@ -102,10 +82,62 @@ class RequestTemplateModel(dg.Model):
     )
 
 
+class BatchingModel(dg.Resolvable, dg.Model):
+    """Endpoint, completion window and batch size limits."""
+
+    endpoint: str = Field(
+        default="/v1/chat/completions",
+        description="Endpoint of every request; with a template /v1/chat/completions or "
+        "/v1/completions.",
+    )
+    completion_window: str = Field(default="24h", description="The batch completion window.")
+    max_requests_per_batch: int = Field(
+        default=MAX_REQUESTS_PER_BATCH, description="Requests per batch, at most 50,000."
+    )
+    max_bytes_per_batch: int | None = Field(
+        default=None, description="Bytes per batch input file; unset for the API's 100 MB."
+    )
+
+
+class ResultsModel(dg.Resolvable, dg.Model):
+    """The checks on every results table."""
+
+    max_error_rate: float = Field(
+        default=0.05, description="The error_rate check fails above this share without answer."
+    )
+    error_rate_severity: Literal["WARN", "ERROR"] = Field(
+        default="WARN", description="Severity of a failed error_rate check."
+    )
+
+
+class SensorModel(dg.Resolvable, dg.Model):
+    """The batch sensor (used unless ``wait`` is set)."""
+
+    minimum_interval_seconds: int = Field(
+        default=DEFAULT_SENSOR_INTERVAL_SECONDS, description="Seconds between ticks."
+    )
+    default_status: Literal["RUNNING", "STOPPED"] = Field(
+        default="RUNNING", description="Whether the sensor runs as soon as it is deployed."
+    )
+
+
+class WaitModel(dg.Resolvable, dg.Model):
+    """Submit and wait inside one run instead of a sensor (no daemon needed)."""
+
+    poll_interval: float = Field(default=30.0, description="Seconds between status checks.")
+    poll_timeout: float | None = Field(
+        default=None, description="Fail after this many seconds (batches left running)."
+    )
+    cancel_on_termination: bool = Field(
+        default=True, description="Cancel running batches when the run is terminated."
+    )
+
+
 def _resolve_template(
     context: dg.ResolutionContext, model: RequestTemplateModel | None
 ) -> RequestTemplateModel | None:
-    """The template with its ``{{ ... }}`` values rendered."""
+    """The template with its ``{{ ... }}`` values rendered (its ``model`` field keeps it from
+    being a Resolvable itself)."""
     if model is None:
         return None
     return RequestTemplateModel.model_validate(context.resolve_value(model.model_dump()))
@@ -116,70 +148,62 @@ def _resolve_asset_key(context: dg.ResolutionContext, value: str) -> dg.AssetKey
 
 
 class TogetherBatchScaffolder(dg.Scaffolder):
-    """``dg scaffold defs dagster_together.TogetherBatchComponent <name>``: a starter defs.yaml
-    that loads once ``prompts`` names a table asset of the project."""
+    """``dg scaffold defs dagster_together.TogetherBatchComponent <name>``: a ``defs.yaml``
+    whose every assumption is a commented line to edit."""
 
     def scaffold(self, request: dg.ScaffoldRequest) -> None:
         name = request.target_path.name
-        dg.scaffold_component(
-            request,
-            {
-                "name": name,
-                "prompts": "prompts",
-                "storage_url": f"{{{{ context.project_root }}}}/data/together/{name}",
-                "template": {
-                    "model": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
-                    "prompt_column": "text",
-                    "body": {"max_tokens": 256},
-                },
-                "id_column": "id",
-                "resource": {"api_key": {"env": DEFAULT_API_KEY_ENV_VAR}},
-            },
-        )
+        request.target_path.mkdir(parents=True, exist_ok=True)
+        (request.target_path / "defs.yaml").write_text(scaffold_yaml(name))
+
+
+def scaffold_yaml(name: str) -> str:
+    """The ``defs.yaml`` that ``dg scaffold defs`` writes for a component called ``name``."""
+    return f"""\
+type: dagster_together.TogetherBatchComponent
+
+attributes:
+  # Names the assets {name}_batches and {name}_results, the job and the sensor.
+  name: {name}
+  # EDIT: the asset key of your prompts table (a pyarrow Table, a pandas DataFrame, or the
+  # location of a Parquet/JSONL file), e.g. reviews or raw/reviews.
+  prompts: <your prompts asset>
+  # Where request copies, Together's answers and the results Parquet go: a local directory
+  # or an fsspec URL such as s3://bucket/prefix.
+  storage_url: "{{{{ context.project_root }}}}/data/together/{name}"
+  template:
+    # EDIT: the model, and the column of your table holding each prompt.
+    model: meta-llama/Llama-3.3-70B-Instruct-Turbo
+    prompt_column: <your prompt column>
+    # system_prompt: "Answer in one word."
+    body: {{max_tokens: 256}}
+  # EDIT: the column that identifies each row (it becomes custom_id).
+  id_column: <your id column>
+  # The API key, read from this environment variable where the pipeline runs.
+  resource:
+    api_key: {{env: {DEFAULT_API_KEY_ENV_VAR}}}
+  # Optional: wait inside one run instead of a sensor (no daemon needed).
+  # wait: {{poll_interval: 30, poll_timeout: 3600, cancel_on_termination: true}}
+"""
 
 
 @dg.scaffold_with(TogetherBatchScaffolder)
 class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
-    """Runs a prompts table through Together AI's Batch API: a submit asset ``{name}_batches``,
-    a sensor that launches one results run per finished batch, and ``{name}_results`` (Parquet,
-    one partition per batch, with ``completeness`` and ``error_rate`` checks).
+    """Runs a prompts table through Together AI's Batch API.
 
-    The same pipeline as :func:`~dagster_together.together_batch_assets`, configured in YAML. A
-    :class:`~dagster_together.TogetherResource` is added under ``resource_key`` (the key from
-    ``TOGETHER_API_KEY`` by default); set ``provide_resource: false`` when your project already
-    defines that resource. Components with the same ``resource`` settings share one resource;
-    give components with different settings different ``resource_key`` values.
-
-    Example ``defs.yaml``:
-
-    .. code-block:: yaml
-
-        type: dagster_together.TogetherBatchComponent
-        attributes:
-          name: reviews
-          prompts: reviews                  # asset key of the prompts table ("a/b" for [a, b])
-          storage_url: s3://my-bucket/together/reviews   # or "{{ context.project_root }}/data"
-          template:
-            model: meta-llama/Llama-3.3-70B-Instruct-Turbo
-            prompt_column: text
-            system_prompt: "Classify the sentiment: positive, negative or neutral."
-            body: {max_tokens: 5}
-          id_column: review_id
-          group_name: together
-          resource:                         # optional: these are the defaults
-            api_key: {env: TOGETHER_API_KEY}
-
-    Loading it gives the assets ``reviews_batches`` and ``reviews_results``, the job
-    ``reviews_results_job`` and the sensor ``reviews_batch_sensor``.
+    Builds a submit asset {name}_batches, a sensor that launches one results run per finished
+    batch, and {name}_results (Parquet, one partition per batch, with completeness and
+    error_rate checks). With wait set, one asset {name}_results submits and waits in its run.
+    The same pipeline as build_together_batch_defs in Python; this component's Together
+    settings (resource) are bound to its own assets, so components with different keys or
+    URLs live side by side. Subclass it and override execute_submit, execute_results or
+    execute_submit_and_wait to wrap a step.
     """
 
     name: Annotated[
         str,
         dg.Resolver.default(
-            description=(
-                "Base name: assets {name}_batches and {name}_results, job {name}_results_job, "
-                "sensor {name}_batch_sensor."
-            ),
+            description="Names the assets {name}_batches and {name}_results, the job and sensor.",
             examples=["reviews"],
         ),
     ]
@@ -211,96 +235,187 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         dg.Resolver(
             _resolve_template,
             model_field_type=RequestTemplateModel | None,
-            description="Builds each request body from a prompt column of the table.",
+            description="Builds each request body from a column of the table.",
         ),
     ] = None
     id_column: Annotated[
         str | None,
         dg.Resolver.default(description="Column whose values become custom_id (with template)."),
     ] = None
-    endpoint: Annotated[
-        str,
-        dg.Resolver.default(
-            description=(
-                "Endpoint of every request; with a template /v1/chat/completions or "
-                "/v1/completions."
-            ),
-        ),
-    ] = "/v1/chat/completions"
-    max_requests_per_batch: Annotated[
-        int, dg.Resolver.default(description="Requests per batch, at most the API's 50,000.")
-    ] = 50_000
-    max_error_rate: Annotated[
-        float,
-        dg.Resolver.default(
-            description="The error_rate check fails above this share of unanswered requests."
-        ),
-    ] = 0.05
-    minimum_interval_seconds: Annotated[
-        int, dg.Resolver.default(description="Seconds between ticks of the batch sensor.")
-    ] = DEFAULT_SENSOR_INTERVAL_SECONDS
+    batching: Annotated[
+        BatchingModel, dg.Resolver.default(description="Endpoint and batch size limits.")
+    ] = Field(default_factory=BatchingModel)
+    results: Annotated[
+        ResultsModel, dg.Resolver.default(description="Checks on the results tables.")
+    ] = Field(default_factory=ResultsModel)
+    sensor: Annotated[
+        SensorModel, dg.Resolver.default(description="The batch sensor (unless wait is set).")
+    ] = Field(default_factory=SensorModel)
+    wait: Annotated[
+        WaitModel | None,
+        dg.Resolver.default(description="Set to submit and wait inside one run (no sensor)."),
+    ] = None
     group_name: Annotated[
-        str | None, dg.Resolver.default(description="Asset group of both assets.")
+        str | None, dg.Resolver.default(description="Asset group of the assets.")
     ] = None
-    key_prefix: Annotated[
-        str | list[str] | None,
-        dg.Resolver.default(description="Prefix of both asset keys, the job and the sensor."),
-    ] = None
-    resource_key: Annotated[
-        str, dg.Resolver.default(description="Key of the TogetherResource the pipeline uses.")
-    ] = "together"
-    provide_resource: Annotated[
-        bool,
-        dg.Resolver.default(
-            description="Add the TogetherResource under resource_key; false if you define it."
-        ),
-    ] = True
     resource: Annotated[
-        TogetherResource,
-        dg.Resolver(
-            _resolve_resource,
-            model_field_type=TogetherResourceModel,
-            description="Settings of the TogetherResource added with provide_resource.",
-        ),
-    ] = Field(default_factory=_default_resource)
+        TogetherResourceModel,
+        dg.Resolver.default(description="The Together API settings of this component."),
+    ] = Field(default_factory=TogetherResourceModel)
 
     @model_validator(mode="after")
-    def _resource_settings_need_the_resource(self) -> "TogetherBatchComponent":
-        if not self.provide_resource and "resource" in self.model_fields_set:
-            raise ValueError(
-                "resource settings are ignored with provide_resource: false; remove one of them."
-            )
+    def _no_placeholder_left(self) -> TogetherBatchComponent:
+        for field_name, value in (
+            ("prompts", self.prompts.to_user_string()),
+            ("id_column", self.id_column),
+            ("template.prompt_column", self.template.prompt_column if self.template else None),
+            ("template.model", self.template.model if self.template else None),
+        ):
+            if value and _PLACEHOLDER.search(value):
+                raise ValueError(
+                    f"{field_name} is still the scaffold's placeholder {value!r}: set it in "
+                    "defs.yaml (see the EDIT comments)."
+                )
         return self
 
-    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        from dagster_together.requests import RequestTemplate
+    # -- what the assets run: override to wrap a step ----------------------------------------
+    def execute_submit(
+        self,
+        context: dg.AssetExecutionContext,
+        together: TogetherResource,
+        prompts: Any,
+        partitions_def: dg.DynamicPartitionsDefinition,
+    ) -> dg.MaterializeResult:
+        """The body of ``{name}_batches``."""
+        return self._steps().submit(context, together, prompts, partitions_def)
 
-        template = None
-        if self.template is not None:
-            template = RequestTemplate(
-                model=self.template.model,
-                prompt_column=self.template.prompt_column,
-                system_prompt=self.template.system_prompt,
-                endpoint=self.endpoint,
-                body=self.template.body,
+    def execute_results(
+        self, context: dg.AssetExecutionContext, together: TogetherResource
+    ) -> dg.MaterializeResult:
+        """The body of ``{name}_results`` (one partition)."""
+        return self._steps().collect(context, together)
+
+    def execute_submit_and_wait(
+        self,
+        context: dg.AssetExecutionContext,
+        together: TogetherResource,
+        prompts: Any,
+        wait: WaitOptions,
+    ) -> dg.MaterializeResult:
+        """The body of ``{name}_results`` when ``wait`` is set."""
+        return self._steps().submit_and_wait(context, together, prompts, wait)
+
+    # -- building ------------------------------------------------------------------------------
+    def get_resource(self) -> TogetherResource:
+        """The resource bound to this component's assets and sensor."""
+        model = self.resource
+        api_key: str | dg.EnvVar
+        if isinstance(model.api_key, EnvVarRef):
+            api_key = dg.EnvVar(model.api_key.env)
+        else:
+            api_key = model.api_key or dg.EnvVar(DEFAULT_API_KEY_ENV_VAR)
+        return TogetherResource(api_key=api_key, base_url=model.base_url)
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        watch: SensorOptions | WaitOptions
+        if self.wait is not None:
+            watch = WaitOptions(**self.wait.model_dump())
+        else:
+            watch = SensorOptions(
+                minimum_interval_seconds=self.sensor.minimum_interval_seconds,
+                default_status=dg.DefaultSensorStatus(self.sensor.default_status),
             )
-        bundle = together_batch_assets(
+        return build_together_batch_defs(
             name=self.name,
             prompts=self.prompts,
-            storage_url=self.storage_url,
-            storage_options=self.storage_options,
-            template=template,
+            storage=self._layout(),
+            template=self._template(),
             id_column=self.id_column,
-            endpoint=self.endpoint,
-            max_requests_per_batch=self.max_requests_per_batch,
-            max_error_rate=self.max_error_rate,
-            resource_key=self.resource_key,
-            key_prefix=self.key_prefix,
-            group_name=self.group_name,
-            minimum_interval_seconds=self.minimum_interval_seconds,
+            batching=self._batching(),
+            results=self._results(),
+            watch=watch,
+            translator=_GroupTranslator(self.group_name),
+            together=self.get_resource(),
+            steps=_ComponentSteps(layout=self._layout(), component=self),
+        ).defs
+
+    def _steps(self) -> TogetherBatchSteps:
+        return TogetherBatchSteps(
+            layout=self._layout(),
+            template=self._template(),
+            id_column=self.id_column,
+            batching=self._batching(),
+            results=self._results(),
         )
-        if not self.provide_resource:
-            return bundle.defs
-        return dg.Definitions.merge(
-            bundle.defs, dg.Definitions(resources={self.resource_key: self.resource})
+
+    def _layout(self) -> BatchStorageLayout:
+        return BatchStorageLayout(self.storage_url, self.storage_options)
+
+    def _template(self) -> RequestTemplate | None:
+        from dagster_together.requests import RequestTemplate
+
+        if self.template is None:
+            return None
+        return RequestTemplate(
+            model=self.template.model,
+            prompt_column=self.template.prompt_column,
+            system_prompt=self.template.system_prompt,
+            endpoint=self.batching.endpoint,
+            body=self.template.body,
         )
+
+    def _batching(self) -> BatchingOptions:
+        return BatchingOptions(**self.batching.model_dump())
+
+    def _results(self) -> ResultsOptions:
+        return ResultsOptions(
+            max_error_rate=self.results.max_error_rate,
+            error_rate_severity=dg.AssetCheckSeverity(self.results.error_rate_severity),
+        )
+
+
+class _GroupTranslator(DagsterTogetherTranslator):
+    """The default specs, in the component's asset group."""
+
+    def __init__(self, group_name: str | None) -> None:
+        self._group_name = group_name
+
+    def get_submit_spec(self, props: TogetherBatchProps) -> dg.AssetSpec:
+        return super().get_submit_spec(props).replace_attributes(group_name=self._group_name)
+
+    def get_results_spec(self, props: TogetherBatchProps) -> dg.AssetSpec:
+        return super().get_results_spec(props).replace_attributes(group_name=self._group_name)
+
+
+@dataclass(frozen=True)
+class _ComponentSteps(TogetherBatchSteps):
+    """Routes each asset body through the component's overridable ``execute_*`` methods."""
+
+    component: TogetherBatchComponent | None = None
+
+    def _owner(self) -> TogetherBatchComponent:
+        assert self.component is not None
+        return self.component
+
+    def submit(
+        self,
+        context: dg.AssetExecutionContext,
+        together: TogetherResource,
+        prompts: Any,
+        partitions_def: dg.DynamicPartitionsDefinition,
+    ) -> dg.MaterializeResult:
+        return self._owner().execute_submit(context, together, prompts, partitions_def)
+
+    def collect(
+        self, context: dg.AssetExecutionContext, together: TogetherResource
+    ) -> dg.MaterializeResult:
+        return self._owner().execute_results(context, together)
+
+    def submit_and_wait(
+        self,
+        context: dg.AssetExecutionContext,
+        together: TogetherResource,
+        prompts: Any,
+        wait: WaitOptions,
+    ) -> dg.MaterializeResult:
+        return self._owner().execute_submit_and_wait(context, together, prompts, wait)

@@ -1,0 +1,243 @@
+"""Collecting one finished batch from inside a Dagster run: download its output and error files
+to the user's storage, join them to the inputs into Parquet, and describe the table for the UI
+(row count, schema with a description per column, location, statuses, tokens, a preview) with
+the ``completeness`` and ``error_rate`` check results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+
+from dagster_together.options import ResultsOptions
+from dagster_together.storage import BatchStorageLayout
+
+if TYPE_CHECKING:
+    from dagster_together.client import BatchJob, TogetherClient
+    from dagster_together.results import JoinSummary
+
+__all__ = [
+    "COMPLETENESS_CHECK",
+    "ERROR_RATE_CHECK",
+    "RESULT_COLUMN_DESCRIPTIONS",
+    "collect_batch",
+    "results_check_specs",
+    "results_metadata",
+]
+
+COMPLETENESS_CHECK = "completeness"
+"""Asset check: every input appears exactly once; no unknown or duplicate output ids."""
+ERROR_RATE_CHECK = "error_rate"
+"""Asset check: the share of inputs without a successful answer is at most ``max_error_rate``."""
+
+RESULT_COLUMN_DESCRIPTIONS: Mapping[str, str] = {
+    "custom_id": "The request's id: your id column's value as text, unique in the batch.",
+    "request_model": "The model named in the request.",
+    "prompt": "The last user message (or prompt) of the request.",
+    "status": "succeeded, failed, missing, expired or cancelled.",
+    "content": "The answer's text (choices[0]); null without an answer.",
+    "finish_reason": "Why the model stopped: stop, length, tool_calls, ...",
+    "prompt_tokens": "Input tokens billed for this request.",
+    "completion_tokens": "Output tokens billed for this request.",
+    "total_tokens": "prompt_tokens + completion_tokens.",
+    "model": "The model that answered, as Together reports it.",
+    "error": "Together's error message for a failed request.",
+    "error_code": "Together's error code for a failed request.",
+    "response": "The raw response body as JSON text, for fields not in their own column.",
+}
+"""What each column of a results table holds; the user's own columns come from the prompts."""
+
+_PREVIEW_ROWS = 5
+
+
+def results_check_specs(asset_key: dg.AssetKey, options: ResultsOptions) -> list[dg.AssetCheckSpec]:
+    """The ``completeness`` and ``error_rate`` checks of a results asset."""
+    return [
+        dg.AssetCheckSpec(
+            COMPLETENESS_CHECK,
+            asset=asset_key,
+            description="Every input custom_id exactly once; no unknown or duplicate outputs.",
+        ),
+        dg.AssetCheckSpec(
+            ERROR_RATE_CHECK,
+            asset=asset_key,
+            description=(
+                f"At most {options.max_error_rate:.1%} of the inputs without a successful answer."
+            ),
+        ),
+    ]
+
+
+def collect_batch(
+    context: dg.AssetExecutionContext,
+    client: TogetherClient,
+    batch_id: str,
+    layout: BatchStorageLayout,
+) -> tuple[BatchJob, JoinSummary]:
+    """Download and join one batch that has ended; fails clearly while it is still running."""
+    from dagster_together.results import join_results
+
+    job = client.batches.get_batch(batch_id)
+    if not job.status.is_terminal:
+        progress = f", {job.progress:.0f}% done" if job.progress is not None else ""
+        raise dg.Failure(
+            f"Batch {batch_id} is {job.status}{progress}: its results can be joined once it is "
+            "COMPLETED, FAILED, EXPIRED or CANCELLED. The batch sensor launches this run by "
+            "itself when that happens.",
+            allow_retries=False,
+        )
+    options = dict(layout.storage_options or {})
+
+    def download(file_id: str | None, location: str) -> list[str]:
+        if not file_id:
+            return []
+        return [
+            client.files.retrieve_content(
+                file_id, output=location, storage_options=options, logger=context.log
+            ).filename
+        ]
+
+    outputs = download(job.output_file_id, layout.output_jsonl(batch_id))
+    errors = download(job.error_file_id, layout.errors_jsonl(batch_id))
+    if not outputs and not errors:
+        context.log.warning(
+            f"Batch {batch_id} ended {job.status} without output or error file"
+            + (f" ({job.error})" if job.error else "")
+            + "; every input is reported without an answer."
+        )
+    destination = layout.results_parquet(batch_id)
+    columns = layout.inputs_parquet(batch_id)
+    summary = join_results(
+        # The request file gives every row (and the prompt); the user's own columns, when the
+        # submit kept them, are added beside.
+        inputs=layout.input_jsonl(batch_id),
+        input_columns=columns if layout.exists(columns) else None,
+        outputs=outputs,
+        errors=errors,
+        destination=destination,
+        storage_options=options,
+        batch_status=str(job.status),
+    )
+    context.log.info(
+        f"Batch {batch_id} ({job.status}): "
+        + ", ".join(f"{n:,} {status}" for status, n in summary.counts.items() if n)
+        + f"; written to {destination}"
+    )
+    return job, summary
+
+
+def results_metadata(summaries: Iterable[JoinSummary], *, uri: str) -> dict[str, Any]:
+    """Table metadata (``dagster/``) and ours (``together/``), each figure once."""
+    summaries = list(summaries)
+    n_rows = sum(s.n_rows for s in summaries)
+    counts: dict[str, int] = {}
+    tokens: dict[str, dict[str, int]] = {}
+    for s in summaries:
+        for status, n in s.counts.items():
+            counts[status] = counts.get(status, 0) + n
+        for model, usage in s.tokens_by_model.items():
+            per_model = tokens.setdefault(model, {})
+            for name, n in usage.items():
+                per_model[name] = per_model.get(name, 0) + int(n or 0)
+    answered = counts.get("succeeded", 0)
+    metadata: dict[str, Any] = {
+        "dagster/row_count": n_rows,
+        "dagster/uri": dg.MetadataValue.path(uri),
+        "dagster/column_schema": _schema(summaries[0].columns if summaries else ()),
+        "together/error_rate": (1.0 - answered / n_rows) if n_rows else 0.0,
+        "together/preview": _preview(summaries),
+    }
+    metadata.update({f"together/n_{status}": n for status, n in sorted(counts.items())})
+    # Numbers Dagster Insights can chart, per model then in total, like dagster-openai's usage.
+    totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for model, usage in sorted(tokens.items()):
+        for name in totals:
+            n = usage.get(name, 0)
+            totals[name] += n
+            metadata[f"together/{model}/{name}"] = n
+    metadata.update({f"together/{name}": n for name, n in totals.items()})
+    return metadata
+
+
+def check_results(
+    ended: Iterable[tuple[BatchJob, JoinSummary]], options: ResultsOptions
+) -> list[dg.AssetCheckResult]:
+    """The ``completeness`` and ``error_rate`` results over the tables of one or more batches."""
+    ended = list(ended)
+    n_inputs = sum(s.n_inputs for _, s in ended)
+    n_rows = sum(s.n_rows for _, s in ended)
+    n_succeeded = sum(s.counts.get("succeeded", 0) for _, s in ended)
+    # A COMPLETED batch must answer every request (output or error line); after FAILED, EXPIRED
+    # or CANCELLED unanswered requests are expected and show up in the error rate instead.
+    unanswered = sum(
+        s.counts.get("missing", 0) for job, s in ended if str(job.status) == "COMPLETED"
+    )
+    complete = all(s.complete for _, s in ended) and unanswered == 0
+    completeness = dg.AssetCheckResult(
+        check_name=COMPLETENESS_CHECK,
+        passed=complete,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "n_inputs": n_inputs,
+            "n_rows": n_rows,
+            "unknown_output_ids": sum(s.unknown_ids for _, s in ended),
+            "duplicate_output_ids": sum(s.duplicate_ids for _, s in ended),
+            "malformed_lines": sum(s.n_malformed_lines for _, s in ended),
+            "unanswered_in_completed_batch": unanswered,
+            "examples": dg.MetadataValue.json(
+                {
+                    "unknown": [i for _, s in ended for i in s.unknown_id_examples][:10],
+                    "duplicate": [i for _, s in ended for i in s.duplicate_id_examples][:10],
+                    "malformed": [list(m) for _, s in ended for m in s.malformed_lines][:10],
+                }
+            ),
+        },
+        description=None
+        if complete
+        else "Together's answer files do not match the inputs one to one; see the metadata.",
+    )
+    rate = (1.0 - n_succeeded / n_rows) if n_rows else 0.0
+    counts: dict[str, int] = {}
+    for _, s in ended:
+        for status, n in s.counts.items():
+            counts[f"n_{status}"] = counts.get(f"n_{status}", 0) + n
+    error_rate = dg.AssetCheckResult(
+        check_name=ERROR_RATE_CHECK,
+        passed=rate <= options.max_error_rate,
+        severity=options.error_rate_severity,
+        metadata={
+            "error_rate": rate,
+            "max_error_rate": options.max_error_rate,
+            "n_inputs": n_inputs,
+            **counts,
+        },
+    )
+    return [completeness, error_rate]
+
+
+def _schema(columns: Iterable[tuple[str, str]]) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name,
+                type,
+                description=RESULT_COLUMN_DESCRIPTIONS.get(name, "From the prompts table."),
+            )
+            for name, type in columns
+        ]
+    )
+
+
+def _preview(summaries: list[JoinSummary]) -> dg.TableMetadataValue:
+    """A few rows as a real table (the UI lays it out in columns, unlike Markdown)."""
+    rows = [row for s in summaries for row in s.preview_rows][:_PREVIEW_ROWS]
+    names = list(rows[0]) if rows else ["custom_id", "status"]
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({k: "" if row[k] is None else str(row[k]) for k in names})
+            for row in rows
+        ],
+        schema=dg.TableSchema(columns=[dg.TableColumn(k, "string") for k in names]),
+    )

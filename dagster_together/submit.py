@@ -1,0 +1,256 @@
+"""Submitting a prompts table from inside a Dagster run: build and validate every request file,
+upload, create (or reuse) one batch per file, keep the inputs next to where the answers will land.
+
+:meth:`TogetherResource.submit_batches <dagster_together.TogetherResource.submit_batches>` and
+``submit_and_wait`` call :func:`submit_prompts`; it knows nothing of partitions or sensors: the
+caller says what to do with each batch once it exists (``on_batch``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+
+from dagster_together.options import BatchingOptions
+from dagster_together.storage import BatchStorageLayout
+
+if TYPE_CHECKING:
+    from dagster_together.client import BatchJob, TogetherClient
+    from dagster_together.requests import RequestChunk, RequestTemplate
+
+__all__ = ["SubmittedBatch", "submit_prompts", "submission_metadata"]
+
+# A batch in one of these states will never produce (more) results: a re-submit of the same
+# input must create a new batch rather than reuse it.
+_NOT_REUSABLE = frozenset({"FAILED", "EXPIRED", "CANCELLED", "CANCELING"})
+_OVERVIEW_ROWS = 50
+
+
+@dataclass(frozen=True)
+class SubmittedBatch:
+    """One batch of a submission.
+
+    Attributes:
+        batch_id: Together's batch id (the results partition key).
+        input_file_id: the uploaded request file.
+        n_requests: requests in the batch.
+        status: the batch status when it was created or found.
+        reused: True when a batch created earlier for the same input file was reused.
+        input_copy: where the request file was copied on the user's storage.
+    """
+
+    batch_id: str
+    input_file_id: str
+    n_requests: int
+    status: str
+    reused: bool
+    input_copy: str
+
+
+def endpoint_of(template: RequestTemplate | None, batching: BatchingOptions) -> str:
+    """The endpoint every request targets: ``batching.endpoint``, the template's, or chat."""
+    if batching.endpoint is None:
+        return template.endpoint if template is not None else "/v1/chat/completions"
+    if template is not None and template.endpoint != batching.endpoint:
+        raise ValueError(
+            f"endpoint={batching.endpoint!r} contradicts the template's endpoint "
+            f"{template.endpoint!r}; set it in one place."
+        )
+    return batching.endpoint
+
+
+def submit_prompts(
+    context: dg.AssetExecutionContext,
+    client: TogetherClient,
+    prompts: Any,
+    *,
+    layout: BatchStorageLayout,
+    template: RequestTemplate | None,
+    id_column: str | None,
+    batching: BatchingOptions,
+    file_prefix: str,
+    on_batch: Callable[[str], None] | None = None,
+) -> list[SubmittedBatch]:
+    """Validate, upload and create the batches of ``prompts``; ``[]`` for an empty table.
+
+    Nothing reaches the API before every request is built and validated. ``on_batch(batch_id)``
+    runs once a batch exists and its inputs are stored: the submit asset registers the results
+    partition there. A crash before that is healed by a re-run: the same request bytes get the
+    same file id, and the batch on it is found and reused instead of billed again.
+    """
+    from dagster_together.client import InvalidRequestFileError
+    from dagster_together.requests import (
+        MAX_BATCH_BYTES,
+        build_requests,
+        input_columns_table,
+        write_request_chunks,
+    )
+
+    endpoint = endpoint_of(template, batching)
+    with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
+        # 1. Build and validate everything before the first byte goes out.
+        try:
+            chunks = write_request_chunks(
+                build_requests(
+                    prompts,
+                    template=template,
+                    id_column=id_column,
+                    endpoint=endpoint if template is not None else None,
+                ),
+                tmp,
+                max_requests=batching.max_requests_per_batch,
+                max_bytes=batching.max_bytes_per_batch or MAX_BATCH_BYTES,
+                prefix=_file_prefix(file_prefix),
+                endpoint=endpoint,
+            )
+            columns = (
+                input_columns_table(prompts, id_column=id_column if template else None)
+                if chunks
+                else None
+            )
+        except (InvalidRequestFileError, TypeError) as exc:
+            # A data problem: a clean message in the UI, and no retry would help.
+            raise dg.Failure(
+                description=f"The prompts cannot be submitted: {exc} Nothing was sent to Together.",
+                allow_retries=False,
+            ) from exc
+        if not chunks or columns is None:
+            return []
+        _check_alignment(chunks, columns)
+
+        # 2. Upload. A chunk uploaded before gets back the same file id (checksum match).
+        uploaded = [
+            # Validated and hashed by write_request_chunks with the same rules: no re-read.
+            client.files.upload(chunk.path, check=False, checksum=chunk.sha256)
+            for chunk in chunks
+        ]
+
+        # 3. One list call finds batches an earlier attempt already created for these files.
+        reusable = _reusable_batches(client.batches.list_batches())
+
+        batches: list[SubmittedBatch] = []
+        offset = 0
+        for chunk, file in zip(chunks, uploaded, strict=True):
+            job = reusable.get(file.id)
+            reused = job is not None
+            if job is None:
+                job = client.batches.create_batch(
+                    file.id, endpoint=endpoint, completion_window=batching.completion_window
+                )
+                context.log.info(
+                    f"Created batch {job.id} for {chunk.n_requests:,} requests ({file.id})."
+                )
+            else:
+                context.log.info(
+                    f"Reusing batch {job.id} ({job.status}) created earlier for the same input "
+                    f"file {file.id}; no new batch."
+                )
+            # 4. Keep the inputs next to where the outputs will land: the join needs them.
+            input_copy = layout.input_jsonl(job.id)
+            layout.put_file(chunk.path, input_copy)
+            if columns.num_columns > 1:  # the user has columns of their own beside custom_id
+                _write_parquet(
+                    columns.slice(offset, chunk.n_requests), layout.inputs_parquet(job.id), layout
+                )
+            offset += chunk.n_requests
+            # 5. Only now is the batch recorded.
+            if on_batch is not None:
+                on_batch(job.id)
+            batches.append(
+                SubmittedBatch(
+                    batch_id=job.id,
+                    input_file_id=file.id,
+                    n_requests=chunk.n_requests,
+                    status=str(job.status),
+                    reused=reused,
+                    input_copy=input_copy,
+                )
+            )
+    return batches
+
+
+def submission_metadata(
+    batches: Sequence[SubmittedBatch], layout: BatchStorageLayout
+) -> dict[str, Any]:
+    """The submit's metadata: each figure once, under ``together/``."""
+    n_reused = sum(1 for b in batches if b.reused)
+    return {
+        "together/n_batches": len(batches),
+        "together/n_requests": sum(b.n_requests for b in batches),
+        "together/n_created": len(batches) - n_reused,
+        "together/n_reused": n_reused,
+        "together/batch_ids": dg.MetadataValue.json([b.batch_id for b in batches]),
+        "together/batches": _batches_table(batches),
+        "together/storage_url": dg.MetadataValue.path(layout.storage_url),
+    }
+
+
+def _file_prefix(name: str) -> str:
+    # Uploaded file names show up in Together's dashboard: keep them recognisable and legal.
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+    return cleaned or "requests"
+
+
+def _check_alignment(chunks: Sequence[RequestChunk], columns: Any) -> None:
+    """The user's columns must line up with the chunks row for row (same order, same ids)."""
+    ids = columns.column("custom_id")
+    offset = 0
+    for chunk in chunks:
+        first = ids[offset].as_py()
+        last = ids[offset + chunk.n_requests - 1].as_py()
+        if (first, last) != (chunk.first_custom_id, chunk.last_custom_id):
+            raise dg.Failure(
+                f"Internal mismatch between the request chunks and the prompts table around "
+                f"custom_id {chunk.first_custom_id!r}; nothing was uploaded. Please report this."
+            )
+        offset += chunk.n_requests
+    if offset != columns.num_rows:
+        raise dg.Failure(
+            f"The prompts table has {columns.num_rows} rows but {offset} requests were built; "
+            "nothing was uploaded. Please report this."
+        )
+
+
+def _reusable_batches(jobs: Sequence[BatchJob]) -> dict[str, BatchJob]:
+    """input_file_id -> the newest batch on it that can still produce results."""
+    best: dict[str, BatchJob] = {}
+    for job in jobs:
+        if not job.input_file_id or job.status.value in _NOT_REUSABLE:
+            continue
+        current = best.get(job.input_file_id)
+        if current is None or _created(job) > _created(current):
+            best[job.input_file_id] = job
+    return best
+
+
+def _created(job: BatchJob) -> float:
+    return job.created_at.timestamp() if job.created_at is not None else 0.0
+
+
+def _write_parquet(table: Any, location: str, layout: BatchStorageLayout) -> None:
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
+        local = os.path.join(tmp, "inputs.parquet")
+        pq.write_table(table, local)
+        layout.put_file(local, location)
+
+
+def _batches_table(batches: Sequence[SubmittedBatch]) -> dg.TableMetadataValue:
+    """One row per batch (the first 50): a table the UI lays out in columns."""
+    names = ("batch_id", "n_requests", "input_file_id", "status", "reused", "input_copy")
+    types = ("string", "int", "string", "string", "bool", "string")
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord({name: getattr(b, name) for name in names})
+            for b in batches[:_OVERVIEW_ROWS]
+        ],
+        schema=dg.TableSchema(
+            columns=[dg.TableColumn(n, t) for n, t in zip(names, types, strict=True)]
+        ),
+    )
