@@ -34,9 +34,9 @@ RUN_PHASES = ("seconds", "setup_seconds", "body_seconds", "finish_seconds", "cpu
 # -- helpers used inside child processes --------------------------------------------------------
 def _bundle(storage_url: str) -> Any:
     """The pipeline as a user would declare it (the prompts asset is not needed here)."""
-    from dagster_together.assets import together_batch_assets
+    from dagster_together import build_together_batch_defs
 
-    return together_batch_assets(name=NAME, prompts="bench_prompts", storage_url=storage_url)
+    return build_together_batch_defs(name=NAME, prompts="bench_prompts", storage=storage_url)
 
 
 def _resources(base_url: str) -> dict[str, Any]:

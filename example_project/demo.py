@@ -230,8 +230,10 @@ def _run(
     if not submit.success:
         raise DemoError(f"The submit run {submit.run_id} failed: {_failure(submit)}")
     [mat] = submit.asset_materializations_for_node(batches.submit_asset.node_def.name)
-    rows: list[dict[str, Any]] = list(mat.metadata["batches"].value)  # type: ignore[arg-type]
-    batch_ids = [str(row["batch_id"]) for row in rows]
+    table_value = mat.metadata["together/batches"]
+    assert isinstance(table_value, dg.TableMetadataValue)
+    rows: list[dict[str, Any]] = [record.data for record in table_value.records]
+    batch_ids = [str(b) for b in mat.metadata["together/batch_ids"].value]  # type: ignore[union-attr]
     reused = [str(row["batch_id"]) for row in rows if row["reused"]]
     say(f"   run {submit.run_id}: {sum(r['n_requests'] for r in rows)} requests")
     for row in rows:

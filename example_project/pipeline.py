@@ -32,9 +32,16 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_together.assets import TogetherBatchDefs, together_batch_assets
-from dagster_together.requests import RequestTemplate
-from dagster_together.resources import TogetherResource
+from dagster_together import (
+    BatchStorageLayout,
+    DagsterTogetherTranslator,
+    RequestTemplate,
+    SensorOptions,
+    TogetherBatchDefs,
+    TogetherResource,
+    build_together_batch_defs,
+)
+from dagster_together.translator import TogetherBatchProps
 from example_project.local_emulator import DEMO_DIR, ensure_emulator
 from example_project.reviews import make_reviews
 
@@ -87,13 +94,36 @@ def reviews() -> Any:
     return pa.Table.from_pylist(make_reviews(N_REVIEWS))
 
 
+class ReviewsTranslator(DagsterTogetherTranslator):
+    """The pipeline's assets in the ``reviews`` group, beside the reviews themselves."""
+
+    def get_submit_spec(self, props: TogetherBatchProps) -> dg.AssetSpec:
+        return super().get_submit_spec(props).replace_attributes(group_name="reviews")
+
+    def get_results_spec(self, props: TogetherBatchProps) -> dg.AssetSpec:
+        return super().get_results_spec(props).replace_attributes(group_name="reviews")
+
+
+@dg.asset(
+    group_name="reviews",
+    kinds={"python"},
+    description="Reviews per sentiment, over every batch of reviews_results.",
+)
+def sentiment_counts(reviews_results: Any) -> dict[str, int]:
+    """Downstream of the results: the table arrives through the pipeline's loader (pyarrow)."""
+    from collections import Counter
+
+    answers = (str(a or "").strip().lower() for a in reviews_results.column("content").to_pylist())
+    return dict(Counter(answers))
+
+
 @dataclass(frozen=True)
 class ReviewsPipeline:
     """The example's Dagster objects, for the code location and for the demo script.
 
     Attributes:
         defs: the code location's ``dg.Definitions`` (with the ``together`` resource).
-        batches: what :func:`together_batch_assets` built (submit, results, sensor, layout).
+        batches: what :func:`build_together_batch_defs` built (submit, results, sensor, layout).
         submit_job: ``reviews_submit_job``: materialises ``reviews`` and ``reviews_batches``.
     """
 
@@ -110,17 +140,18 @@ def build_pipeline(
     sensor_interval_seconds: int = 60,
 ) -> ReviewsPipeline:
     """Assemble the example around a resource and an output location (no environment read)."""
-    batches = together_batch_assets(
+    batches = build_together_batch_defs(
         name="reviews",
         prompts=reviews,
-        storage_url=output_url,
-        storage_options=storage_options,
+        storage=BatchStorageLayout(output_url, storage_options),
         template=TEMPLATE,
         id_column="review_id",
-        group_name="reviews",
-        minimum_interval_seconds=sensor_interval_seconds,
-        # The library's default too; spelled out because `dagster dev` should just work.
-        sensor_default_status=dg.DefaultSensorStatus.RUNNING,
+        translator=ReviewsTranslator(),
+        # RUNNING is the library's default too; spelled out because `dagster dev` should just work.
+        watch=SensorOptions(
+            minimum_interval_seconds=sensor_interval_seconds,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+        ),
     )
     submit_job = dg.define_asset_job(
         SUBMIT_JOB_NAME,
@@ -139,7 +170,7 @@ def build_pipeline(
     defs = dg.Definitions.merge(
         batches.defs,
         dg.Definitions(
-            assets=[reviews],
+            assets=[reviews, sentiment_counts],
             jobs=[submit_job],
             schedules=[daily_submit],
             resources={"together": together},

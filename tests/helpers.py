@@ -22,8 +22,12 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from dagster_together import TogetherResource, together_batch_assets
-from dagster_together.assets import TogetherBatchDefs
+from dagster_together import (
+    BatchingOptions,
+    TogetherBatchDefs,
+    TogetherResource,
+    build_together_batch_defs,
+)
 from dagster_together.client import TogetherClient
 from dagster_together.requests import RequestTemplate
 
@@ -172,9 +176,14 @@ import json
 import dagster as dg
 import pyarrow as pa
 
-from dagster_together.assets import together_batch_assets
-from dagster_together.requests import RequestTemplate
-from dagster_together.resources import TogetherResource
+from dagster_together import (
+    BatchingOptions,
+    BatchStorageLayout,
+    RequestTemplate,
+    SensorOptions,
+    TogetherResource,
+    build_together_batch_defs,
+)
 
 CONFIG = json.loads({config!r})
 RESOURCES = {{
@@ -224,6 +233,7 @@ class SensorPipeline:
         instance: dg.DagsterInstance,
         store: Path,
         table: pa.Table,
+        max_requests_per_batch: int = 50_000,
         **kwargs: Any,
     ) -> None:
         @dg.asset(name="prompts")
@@ -231,12 +241,13 @@ class SensorPipeline:
             return table
 
         self.emu, self.instance, self.prompts = emu, instance, prompts
-        self.bundle: TogetherBatchDefs = together_batch_assets(
+        self.bundle: TogetherBatchDefs = build_together_batch_defs(
             name="docs",
             prompts=prompts,
-            storage_url=str(store),
+            storage=str(store),
             template=TEMPLATE,
             id_column="id",
+            batching=BatchingOptions(max_requests_per_batch=max_requests_per_batch),
             **kwargs,
         )
         self.resources = {"together": TogetherResource(api_key=api_key, base_url=emu.base_url)}
@@ -252,7 +263,7 @@ class SensorPipeline:
             resources=self.resources,
         )
         [mat] = result.asset_materializations_for_node(self.bundle.submit_asset.node_def.name)
-        return list(mat.metadata["batch_ids"].value)
+        return list(mat.metadata["together/batch_ids"].value)
 
     def evaluate_sensor(self) -> Any:
         """One evaluation; like the daemon, the cursor is kept only when the tick succeeds."""

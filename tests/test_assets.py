@@ -11,10 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dagster_together.assets import TogetherBatchDefs, together_batch_assets
+from dagster_together import (
+    BatchingOptions,
+    BatchStorageLayout,
+    DagsterTogetherTranslator,
+    ResultsOptions,
+    SensorOptions,
+    TogetherBatchDefs,
+    TogetherResource,
+    build_together_batch_defs,
+)
 from dagster_together.requests import RequestTemplate
-from dagster_together.resources import TogetherResource
-from dagster_together.storage import BatchStorageLayout
 from tests.helpers import wait_terminal
 
 TEMPLATE = RequestTemplate(
@@ -48,10 +55,16 @@ def make_prompts_asset(table: pa.Table, name: str = "reviews") -> dg.AssetsDefin
     return _prompts
 
 
-def build(storage_url: str, prompts: dg.AssetsDefinition, **kwargs: Any) -> TogetherBatchDefs:
+def build(
+    storage: str | BatchStorageLayout, prompts: dg.AssetsDefinition, **kwargs: Any
+) -> TogetherBatchDefs:
     kwargs.setdefault("template", TEMPLATE)
     kwargs.setdefault("id_column", "review_id")
-    return together_batch_assets(name="reviews", prompts=prompts, storage_url=storage_url, **kwargs)
+    return build_together_batch_defs(name="reviews", prompts=prompts, storage=storage, **kwargs)
+
+
+def per_batch(n: int) -> BatchingOptions:
+    return BatchingOptions(max_requests_per_batch=n)
 
 
 def resources(emulator: Any, api_key: str) -> dict[str, Any]:
@@ -73,9 +86,20 @@ def submit(
     )
 
 
+def values(metadata: Any) -> dict:
+    """Metadata values by key, our ``together/`` prefix left off."""
+    return {k.removeprefix("together/"): v.value for k, v in metadata.items()}
+
+
 def submit_metadata(result: dg.ExecuteInProcessResult, bundle: TogetherBatchDefs) -> dict:
+    assert bundle.submit_asset is not None
     [mat] = result.asset_materializations_for_node(bundle.submit_asset.node_def.name)
-    return {k: v.value for k, v in mat.metadata.items()}
+    return values(mat.metadata)
+
+
+def batch_rows(meta: dict) -> list[dict]:
+    """The submit's batches table as dicts."""
+    return [record.data for record in meta["batches"].records]
 
 
 def materialize_results(
@@ -96,7 +120,7 @@ def materialize_results(
 
 def results_metadata(result: dg.ExecuteInProcessResult, bundle: TogetherBatchDefs) -> dict:
     [mat] = result.asset_materializations_for_node(bundle.results_asset.node_def.name)
-    return {k: v.value for k, v in mat.metadata.items()}
+    return values(mat.metadata)
 
 
 def failure_text(result: dg.ExecuteInProcessResult) -> str:
@@ -123,7 +147,7 @@ def test_submit_then_results_end_to_end(
 ) -> None:
     table = reviews_table(5, error_rows=(3,))
     prompts = make_prompts_asset(table)
-    bundle = build(str(tmp_path / "store"), prompts, max_requests_per_batch=2)
+    bundle = build(str(tmp_path / "store"), prompts, batching=per_batch(2))
     res = resources(emulator, api_key)
 
     result = submit(bundle, prompts, instance, res)
@@ -132,15 +156,16 @@ def test_submit_then_results_end_to_end(
     ids = meta["batch_ids"]
     assert meta["n_batches"] == 3 and meta["n_requests"] == 5
     assert meta["n_created"] == 3 and meta["n_reused"] == 0
-    assert len(meta["input_file_ids"]) == 3
-    assert [row["n_requests"] for row in meta["batches"]] == [2, 2, 1]
+    rows = batch_rows(meta)
+    assert len({row["input_file_id"] for row in rows}) == 3
+    assert [row["n_requests"] for row in rows] == [2, 2, 1]
     # One upload per chunk, one list for the reuse lookup, one create per chunk.
     assert batch_posts(emulator) == 3
     assert sum(1 for r in emulator.requests if r.method == "GET" and r.path == "/v1/batches") == 1
     assert sorted(instance.get_dynamic_partitions(bundle.partitions_def.name)) == sorted(ids)
 
     layout = bundle.layout
-    for row in meta["batches"]:
+    for row in rows:
         assert row["input_copy"] == layout.input_jsonl(row["batch_id"])
         assert Path(row["input_copy"]).read_text().count("\n") == row["n_requests"]
         columns = pq.read_table(layout.inputs_parquet(row["batch_id"]))
@@ -158,12 +183,19 @@ def test_submit_then_results_end_to_end(
         assert md["batch_status"] == "COMPLETED"
         written = pq.read_table(path)
         assert md["dagster/row_count"] == written.num_rows
-        assert [c.name for c in md["dagster/column_schema"].columns] == written.column_names
-        assert "| custom_id |" in md["preview"]
-        assert md["together.total_tokens"] > 0
-        usage = md["together/usage_by_model"][TEMPLATE.model]
-        assert usage["total_tokens"] == md["together.total_tokens"]
-        assert md[f"together.{TEMPLATE.model}.total_tokens"] == md["together.total_tokens"]
+        schema = md["dagster/column_schema"].columns
+        assert [c.name for c in schema] == written.column_names
+        assert all(c.description for c in schema)  # every column says what it holds
+        preview = md["preview"]
+        assert [c.name for c in preview.schema.columns][:2] == ["custom_id", "status"]
+        assert (
+            preview.records
+            and preview.records[0].data["custom_id"] == written["custom_id"][0].as_py()
+        )
+        assert md["total_tokens"] > 0
+        assert md[f"{TEMPLATE.model}/total_tokens"] == md["total_tokens"]
+        # Each figure once: no other key spells the token totals.
+        assert sum(1 for key in md if key.endswith("total_tokens")) == 2
         assert Path(layout.output_jsonl(batch_id)).exists()
         rows.extend({**row, "batch_id": batch_id} for row in written.to_pylist())
         checks_by_batch[batch_id] = checks(out)
@@ -189,7 +221,7 @@ def test_resubmit_reuses_batches(
     emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
 ) -> None:
     prompts = make_prompts_asset(reviews_table(4))
-    bundle = build(str(tmp_path / "store"), prompts, max_requests_per_batch=2)
+    bundle = build(str(tmp_path / "store"), prompts, batching=per_batch(2))
     res = resources(emulator, api_key)
 
     first = submit_metadata(submit(bundle, prompts, instance, res), bundle)
@@ -321,7 +353,7 @@ def test_results_on_s3(
 
     prompts = make_prompts_asset(reviews_table(3))
     url = f"{s3_bucket}/together/reviews"
-    bundle = build(url, prompts, storage_options=s3_server.storage_options)
+    bundle = build(BatchStorageLayout(url, s3_server.storage_options), prompts)
     res = resources(emulator, api_key)
     [batch_id] = submit_metadata(submit(bundle, prompts, instance, res), bundle)["batch_ids"]
     wait_terminal(emulator, [batch_id])
@@ -337,6 +369,20 @@ def test_results_on_s3(
     assert table.num_rows == 3 and set(table["status"].to_pylist()) == {"succeeded"}
 
 
+class Prefixed(DagsterTogetherTranslator):
+    """Keys under ``llm/``, in group ``llm``, owned by a team: what users ask a translator for."""
+
+    def get_submit_spec(self, props: Any) -> dg.AssetSpec:
+        spec = super().get_submit_spec(props)
+        return spec.replace_attributes(key=spec.key.with_prefix("llm"), group_name="llm")
+
+    def get_results_spec(self, props: Any) -> dg.AssetSpec:
+        spec = super().get_results_spec(props)
+        return spec.replace_attributes(
+            key=spec.key.with_prefix("llm"), group_name="llm", owners=["team:ml"]
+        )
+
+
 def test_prebuilt_requests_table_without_template(
     emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
 ) -> None:
@@ -350,8 +396,8 @@ def test_prebuilt_requests_table_without_template(
         }
     )
     prompts = make_prompts_asset(table)
-    bundle = together_batch_assets(
-        name="raw", prompts=prompts, storage_url=str(tmp_path / "store"), key_prefix="llm"
+    bundle = build_together_batch_defs(
+        name="raw", prompts=prompts, storage=str(tmp_path / "store"), translator=Prefixed()
     )
     assert bundle.results_asset.key == dg.AssetKey(["llm", "raw_results"])
     res = resources(emulator, api_key)
@@ -399,8 +445,8 @@ def test_defs_bundle_loads_as_a_code_location(tmp_path: Path) -> None:
     bundle = build(
         str(tmp_path),
         prompts,
-        group_name="llm",
-        sensor_default_status=dg.DefaultSensorStatus.STOPPED,
+        translator=Prefixed(),
+        watch=SensorOptions(default_status=dg.DefaultSensorStatus.STOPPED),
     )
     defs = dg.Definitions.merge(
         bundle.defs,
@@ -410,11 +456,15 @@ def test_defs_bundle_loads_as_a_code_location(tmp_path: Path) -> None:
     repo = defs.get_repository_def()
     assert repo.has_sensor_def("reviews_batch_sensor")
     assert repo.has_job("reviews_results_job")
+    assert bundle.sensor is not None and bundle.submit_asset is not None
     assert bundle.sensor.default_status == dg.DefaultSensorStatus.STOPPED
     specs = {spec.key: spec for spec in defs.resolve_all_asset_specs()}
     assert specs[bundle.submit_asset.key].kinds == {"together"}
-    assert specs[bundle.results_asset.key].kinds == {"together", "parquet"}
-    assert specs[bundle.results_asset.key].group_name == "llm"
+    results_spec = specs[bundle.results_asset.key]
+    assert results_spec.kinds == {"together", "parquet"}
+    assert results_spec.group_name == "llm" and results_spec.owners == ["team:ml"]
+    # The results location is on the asset's Overview, before any run.
+    assert results_spec.metadata["dagster/uri"].value == bundle.layout.results_url
     assert {c.name for c in bundle.results_asset.check_specs} == {"completeness", "error_rate"}
 
 
@@ -480,7 +530,7 @@ def test_results_step_retries_a_transient_failure(
     bundle = build(
         str(tmp_path / "store"),
         prompts,
-        results_retry_policy=dg.RetryPolicy(max_retries=1, delay=0),
+        results=ResultsOptions(retry_policy=dg.RetryPolicy(max_retries=1, delay=0)),
     )
     # No HTTP retries in the client: the download's 500 reaches the step, which is retried.
     res = {"together": TogetherResource(api_key=api_key, base_url=emulator.base_url, max_retries=0)}

@@ -98,7 +98,7 @@ def test_defs_yaml_loads_and_runs_end_to_end(
             body: {{max_tokens: 5}}
           id_column: review_id
           group_name: together
-          minimum_interval_seconds: 30
+          sensor: {{minimum_interval_seconds: 30}}
           resource:
             api_key: {{env: MY_TOGETHER_KEY}}
             base_url: "{{{{ env.MY_TOGETHER_URL }}}}"
@@ -114,11 +114,9 @@ def test_defs_yaml_loads_and_runs_end_to_end(
         sensor = defs.resolve_sensor_def("reviews_batch_sensor")
         assert sensor.minimum_interval_seconds == 30
         results_job = defs.resolve_job_def("reviews_results_job")
-        together = (defs.resources or {})["together"]
-        # The key stays an environment variable reference: never a literal in the UI's config.
-        assert isinstance(together.api_key, dg.EnvVar)
-        assert together.api_key.env_var_name == "MY_TOGETHER_KEY"
-        assert together.base_url == emulator.base_url
+        # The component's resource is bound to its own assets: none in the Definitions.
+        assert "together" not in (defs.resources or {})
+        assert sensor.required_resource_keys == set()
 
         with dg.instance_for_test() as instance:
             # Assets resolved from the definitions come with the component's resource bound.
@@ -127,12 +125,10 @@ def test_defs_yaml_loads_and_runs_end_to_end(
             )
             assert submitted.success
             [mat] = submitted.asset_materializations_for_node(submit_def.node_def.name)
-            [batch_id] = mat.metadata["batch_ids"].value
+            [batch_id] = mat.metadata["together/batch_ids"].value
             wait_terminal(emulator)
 
-            with dg.build_sensor_context(
-                instance=instance, definitions=defs, resources=defs.resources
-            ) as context:
+            with dg.build_sensor_context(instance=instance, definitions=defs) as context:
                 tick = sensor(context)
             assert isinstance(tick, dg.SensorResult)
             [request] = tick.run_requests or []
@@ -144,33 +140,39 @@ def test_defs_yaml_loads_and_runs_end_to_end(
             assert collected.success
             [result_mat] = collected.asset_materializations_for_node("reviews_results")
             assert result_mat.metadata["dagster/row_count"].value == 3
-            assert result_mat.metadata["n_succeeded"].value == 3
+            assert result_mat.metadata["together/n_succeeded"].value == 3
             checks = {e.check_name: e.passed for e in collected.get_asset_check_evaluations()}
             assert checks == {"completeness": True, "error_rate": True}
 
 
-def test_components_share_one_resource_unless_told_otherwise(sandbox: DefsFolderSandbox) -> None:
+def test_components_with_different_accounts_live_side_by_side(sandbox: DefsFolderSandbox) -> None:
     (sandbox.defs_folder_path / "prompts.py").write_text(PROMPTS_PY)
     base = {"prompts": "reviews", "storage_url": "/tmp/unused"}
-    # Two components with the default settings in one project: one shared resource, no clash.
     write_component(sandbox, "a", {**base, "name": "a"})
-    write_component(sandbox, "b", {**base, "name": "b", "key_prefix": ["llm"]})
-    # One that uses a resource the project defines itself, in defs/resources.py.
-    (sandbox.defs_folder_path / "resources.py").write_text(RESOURCES_PY)
     write_component(
         sandbox,
-        "c",
-        {**base, "name": "c", "resource_key": "together_eu", "provide_resource": False},
+        "eu",
+        {
+            **base,
+            "name": "eu",
+            "resource": {
+                "api_key": {"env": "TOGETHER_EU_KEY"},
+                "base_url": "https://eu.example.invalid/v1",
+            },
+        },
     )
     with sandbox.build_all_defs() as defs:
-        resources = defs.resources or {}
-        assert set(resources) == {"together", "together_eu"}
-        assert resources["together"].api_key.env_var_name == "TOGETHER_API_KEY"
-        assert resources["together_eu"].base_url == "https://eu.example.invalid/v1"
+        assert "together" not in (defs.resources or {})  # nothing global to clash
         keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-        assert {"a_batches", "llm/b_batches", "llm/b_results", "c_results"} <= keys
-        assert defs.resolve_sensor_def("llm__b_batch_sensor")
-        assert defs.resolve_sensor_def("c_batch_sensor").required_resource_keys == {"together_eu"}
+        assert {"a_batches", "a_results", "eu_batches", "eu_results"} <= keys
+        assert defs.resolve_sensor_def("eu_batch_sensor").required_resource_keys == set()
+    with sandbox.build_component_tree() as tree:
+        eu = tree.load_component(sandbox.defs_folder_path / "eu")
+        a = tree.load_component(sandbox.defs_folder_path / "a")
+        # The keys stay environment variable references: never a literal in the UI's config.
+        assert eu.get_resource().api_key.env_var_name == "TOGETHER_EU_KEY"
+        assert eu.get_resource().base_url == "https://eu.example.invalid/v1"
+        assert a.get_resource().api_key.env_var_name == "TOGETHER_API_KEY"
 
 
 @pytest.mark.parametrize(
@@ -180,13 +182,15 @@ def test_components_share_one_resource_unless_told_otherwise(sandbox: DefsFolder
         ({"resource": {"api_key": {"env": "K", "default": "x"}}}, "default"),
         (
             {
-                "endpoint": "/v1/audio/transcriptions",
+                "batching": {"endpoint": "/v1/audio/transcriptions"},
                 "template": {"model": "m", "prompt_column": "t"},
             },
             "not supported",
         ),
         ({"template": {"model": "m", "prompt_column": "t", "body": {"model": "x"}}}, "may not set"),
-        ({"provide_resource": False, "resource": {"base_url": "http://x"}}, "provide_resource"),
+        ({"batching": {"max_requests_per_batch": 60_000}}, "between 1 and 50,000"),
+        ({"results": {"error_rate_severity": "FATAL"}}, "error_rate_severity"),
+        ({"prompts": "<your prompts asset>"}, "still the scaffold's placeholder"),
     ],
 )
 def test_yaml_mistakes_fail_when_the_definitions_load(
@@ -206,17 +210,38 @@ def test_yaml_mistakes_fail_when_the_definitions_load(
     assert message in "\n".join(texts)
 
 
-def test_scaffolded_defs_yaml_loads(sandbox: DefsFolderSandbox) -> None:
+def test_scaffolded_defs_yaml_says_what_to_edit_then_loads(sandbox: DefsFolderSandbox) -> None:
     path = sandbox.scaffold_component(component_cls=TogetherBatchComponent, defs_path="summaries")
-    # The scaffold reads a table asset called `prompts`: the user's to write.
-    (sandbox.defs_folder_path / "prompts.py").write_text(PROMPTS_PY.replace("reviews", "prompts"))
-    written = yaml.safe_load((path / "defs.yaml").read_text())
+    text = (path / "defs.yaml").read_text()
+    # Every assumption is a line to edit, said so in a comment.
+    assert text.count("# EDIT") == 3 and "<your prompts asset>" in text
+    with pytest.raises(Exception) as raised:
+        with sandbox.build_all_defs():
+            pass
+    assert "prompts is still the scaffold's placeholder" in _messages(raised.value)
+
+    (sandbox.defs_folder_path / "prompts.py").write_text(PROMPTS_PY)
+    edited = (
+        text.replace("<your prompts asset>", "reviews")
+        .replace("<your prompt column>", "text")
+        .replace("<your id column>", "review_id")
+    )
+    (path / "defs.yaml").write_text(edited)
+    written = yaml.safe_load(edited)
     assert written["attributes"]["resource"] == {"api_key": {"env": "TOGETHER_API_KEY"}}
     with sandbox.build_component_tree() as tree:
         component = tree.load_component(path)
         assert isinstance(component, TogetherBatchComponent)
         assert str(sandbox.project_root.resolve()) in component.storage_url
         assert tree.build_defs().resolve_job_def("summaries_results_job")
+
+
+def _messages(error: BaseException | None) -> str:
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
 
 
 def test_component_import_loads_nothing_heavy() -> None:

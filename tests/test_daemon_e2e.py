@@ -37,15 +37,14 @@ def prompts() -> pa.Table:
     return pa.table({{"id": [f"doc-{{i}}" for i in range(n)], "text": [f"Is {{i}} good?" for i in range(n)]}})
 
 
-docs = together_batch_assets(
+docs = build_together_batch_defs(
     name="docs",
     prompts=prompts,
-    storage_url=CONFIG["storage_url"],
-    storage_options=CONFIG["storage_options"],
+    storage=BatchStorageLayout(CONFIG["storage_url"], CONFIG["storage_options"]),
     template=RequestTemplate(model="test-model", prompt_column="text"),
     id_column="id",
-    max_requests_per_batch=CONFIG["per_batch"],
-    minimum_interval_seconds=1,
+    batching=BatchingOptions(max_requests_per_batch=CONFIG["per_batch"]),
+    watch=SensorOptions(minimum_interval_seconds=1),
 )
 submit_job = dg.define_asset_job("submit_job", selection=[prompts.key, docs.submit_asset.key])
 

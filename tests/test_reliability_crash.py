@@ -30,7 +30,7 @@ import dagster as dg
 import fsspec
 import pyarrow as pa
 
-from dagster_together import TogetherResource, together_batch_assets
+from dagster_together import TogetherResource, build_together_batch_defs
 from dagster_together.client import TogetherClient
 from dagster_together.requests import RequestTemplate
 from tests.helpers import random_jsonl
@@ -214,7 +214,7 @@ SUBMIT_CHILD = r"""
 import json, os, signal, sys
 import dagster as dg
 import pyarrow as pa
-from dagster_together import TogetherResource, together_batch_assets
+from dagster_together import TogetherResource, build_together_batch_defs
 from dagster_together.client.batches import Batches
 from dagster_together.requests import RequestTemplate
 
@@ -232,8 +232,8 @@ Batches.create_batch = create_then_die
 def reviews() -> pa.Table:
     return pa.table({"review_id": [1, 2, 3], "text": ["good", "bad", "fine"]})
 
-bundle = together_batch_assets(
-    name="reviews", prompts=reviews, storage_url=store, id_column="review_id",
+bundle = build_together_batch_defs(
+    name="reviews", prompts=reviews, storage=store, id_column="review_id",
     template=RequestTemplate(model="m", prompt_column="text"),
 )
 instance = dg.DagsterInstance.get()  # DAGSTER_HOME, shared with the test process
@@ -269,10 +269,10 @@ def test_killed_between_batch_created_and_recorded_next_submit_reuses_it(
     def reviews() -> pa.Table:  # the same prompts as the killed run
         return pa.table({"review_id": [1, 2, 3], "text": ["good", "bad", "fine"]})
 
-    bundle = together_batch_assets(
+    bundle = build_together_batch_defs(
         name="reviews",
         prompts=reviews,
-        storage_url=str(store),
+        storage=str(store),
         id_column="review_id",
         template=RequestTemplate(model="m", prompt_column="text"),
     )
@@ -284,7 +284,7 @@ def test_killed_between_batch_created_and_recorded_next_submit_reuses_it(
             resources={"together": TogetherResource(api_key=api_key, base_url=emulator.base_url)},
         )
         [mat] = result.asset_materializations_for_node(bundle.submit_asset.node_def.name)
-        meta = {k: v.value for k, v in mat.metadata.items()}
+        meta = {k.removeprefix("together/"): v.value for k, v in mat.metadata.items()}
         assert meta["batch_ids"] == [batch_id]
         assert meta["n_reused"] == 1 and meta["n_created"] == 0
         assert instance.get_dynamic_partitions(bundle.partitions_def.name) == [batch_id]

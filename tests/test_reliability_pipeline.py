@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dagster_together import ResultsOptions
 from dagster_together.emulator import Emulator
 from dagster_together.sensors import BATCH_STATUS_TAG
 from tests.helpers import SensorPipeline, wait_terminal
@@ -56,7 +57,15 @@ class Pipeline(SensorPipeline):
         table: pa.Table,
         **kwargs: Any,
     ) -> None:
-        super().__init__(emu, api_key, instance, store, table, results_retry_policy=None, **kwargs)
+        super().__init__(
+            emu,
+            api_key,
+            instance,
+            store,
+            table,
+            results=ResultsOptions(retry_policy=None),
+            **kwargs,
+        )
 
     def tick(self) -> dict[str, dg.RunRequest]:
         """One evaluation: the run requests it made, by partition."""
@@ -273,7 +282,7 @@ def test_every_way_a_batch_ends_gives_every_input_once_with_its_status(
     result = p.materialise_results(batch_id)
     assert result.success
     [mat] = result.asset_materializations_for_node(p.bundle.results_asset.node_def.name)
-    meta = {key: value.value for key, value in mat.metadata.items()}
+    meta = {key.removeprefix("together/"): value.value for key, value in mat.metadata.items()}
     table = pq.read_table(p.bundle.layout.results_parquet(batch_id))
     assert table["custom_id"].to_pylist() == [str((k + 1) * 100 + i) for i in range(6)]
     assert tuple(table["status"].to_pylist()) == ending.statuses

@@ -34,7 +34,12 @@ import fsspec
 import pyarrow as pa
 import pytest
 
-from dagster_together import TogetherResource, together_batch_assets
+from dagster_together import (
+    BatchingOptions,
+    ResultsOptions,
+    TogetherResource,
+    build_together_batch_defs,
+)
 from dagster_together.client import APIConnectionError, DownloadError, TogetherClient
 from dagster_together.emulator import Emulator
 from dagster_together.requests import RequestTemplate
@@ -83,14 +88,14 @@ def test_no_key_and_no_presigned_url_anywhere_after_a_faulty_pipeline(
     def prompts() -> pa.Table:
         return table
 
-    bundle = together_batch_assets(
+    bundle = build_together_batch_defs(
         name="sec",
         prompts=prompts,
-        storage_url=str(store),
+        storage=str(store),
         template=TEMPLATE,
         id_column="id",
-        max_requests_per_batch=2,  # 3 batches
-        results_retry_policy=None,
+        batching=BatchingOptions(max_requests_per_batch=2),  # 3 batches
+        results=ResultsOptions(retry_policy=None),
     )
     with (
         Emulator(api_key=api_key, validate_seconds=0.0, run_seconds=3600) as emu,
@@ -123,7 +128,7 @@ def test_no_key_and_no_presigned_url_anywhere_after_a_faulty_pipeline(
         emu.add_fault(method="POST", path=r"^/v1/batches$", status=503, times=1)
         submitted = materialize([prompts, bundle.submit_asset], together)
         [mat] = submitted.asset_materializations_for_node(bundle.submit_asset.node_def.name)
-        ids = list(mat.metadata["batch_ids"].value)
+        ids = list(mat.metadata["together/batch_ids"].value)
         assert len(ids) == 3 and len(emu.batches()) == 3
 
         # 3. The sensor during an outage: the tick fails.

@@ -30,10 +30,10 @@ def prompts() -> pa.Table:
     return pa.table({{"id": [f"p-{{i}}" for i in range(n)], "text": [f"Say {{i}}" for i in range(n)]}})
 
 
-docs = together_batch_assets(
+docs = build_together_batch_defs(
     name="docs",
     prompts=prompts,
-    storage_url=CONFIG["storage_url"],
+    storage=CONFIG["storage_url"],
     template=RequestTemplate(model="test-model", prompt_column="text"),
     id_column="id",
 )
@@ -230,7 +230,7 @@ def test_materialize_button_through_graphql_submits_one_batch(
         assert event is not None and event.run_id == run_id
         materialization = event.asset_materialization
         assert materialization is not None
-        assert materialization.metadata["batch_ids"].value == [batch["id"]]
-        assert materialization.metadata["n_requests"].value == N_PROMPTS
+        assert materialization.metadata["together/batch_ids"].value == [batch["id"]]
+        assert materialization.metadata["together/n_requests"].value == N_PROMPTS
         # The batch is now a partition of the results asset, ready for the sensor.
         assert instance.get_dynamic_partitions("docs_batches") == [batch["id"]]
