@@ -18,7 +18,7 @@ inside its run instead (no sensor, no daemon needed).
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dagster as dg
 
@@ -33,15 +33,40 @@ if TYPE_CHECKING:
     from dagster_together.requests import RequestTemplate
     from dagster_together.resources import TogetherResource
 
-__all__ = ["TogetherBatchDefs", "TogetherBatchSteps", "build_together_batch_defs"]
+__all__ = ["BatchSteps", "TogetherBatchDefs", "TogetherBatchSteps", "build_together_batch_defs"]
+
+
+class BatchSteps(Protocol):
+    """What the assets of a pipeline run, one method per asset body: a
+    :class:`TogetherBatchSteps`, a subclass of it, or a :class:`TogetherBatchComponent`."""
+
+    def execute_submit(
+        self,
+        context: dg.AssetExecutionContext,
+        together: "TogetherResource",
+        prompts: Any,
+        partitions_def: dg.DynamicPartitionsDefinition,
+    ) -> dg.MaterializeResult: ...
+
+    def execute_results(
+        self, context: dg.AssetExecutionContext, together: "TogetherResource"
+    ) -> dg.MaterializeResult: ...
+
+    def execute_submit_and_wait(
+        self,
+        context: dg.AssetExecutionContext,
+        together: "TogetherResource",
+        prompts: Any,
+        wait: WaitOptions,
+    ) -> dg.MaterializeResult: ...
 
 
 @dataclass(frozen=True)
 class TogetherBatchSteps:
     """What the assets of a pipeline run: each method is one asset's body.
 
-    The factory builds one from its arguments; subclass it (or override the Component's
-    ``execute_*`` methods) to wrap a step, e.g. to add metadata or notify someone.
+    The factory builds one from its arguments; subclass it (or the Component, which has the
+    same methods) to wrap a step, e.g. to add metadata or notify someone.
     """
 
     layout: BatchStorageLayout
@@ -50,7 +75,7 @@ class TogetherBatchSteps:
     batching: BatchingOptions = BatchingOptions()
     results: ResultsOptions = ResultsOptions()
 
-    def submit(
+    def execute_submit(
         self,
         context: dg.AssetExecutionContext,
         together: "TogetherResource",
@@ -68,13 +93,13 @@ class TogetherBatchSteps:
             batching=self.batching,
         )
 
-    def collect(
+    def execute_results(
         self, context: dg.AssetExecutionContext, together: "TogetherResource"
     ) -> dg.MaterializeResult:
         """``{name}_results``, one partition: join one ended batch."""
         return together.collect_results(context, storage=self.layout, results=self.results)
 
-    def submit_and_wait(
+    def execute_submit_and_wait(
         self,
         context: dg.AssetExecutionContext,
         together: "TogetherResource",
@@ -144,7 +169,7 @@ def build_together_batch_defs(
     translator: DagsterTogetherTranslator | None = None,
     together: "TogetherResource | None" = None,
     submit_partitions_def: dg.PartitionsDefinition | None = None,
-    steps: TogetherBatchSteps | None = None,
+    steps: BatchSteps | None = None,
 ) -> TogetherBatchDefs:
     """Build the assets, checks, job and sensor that run a prompts table through Together's
     Batch API.
@@ -171,8 +196,8 @@ def build_together_batch_defs(
             Definitions.
         submit_partitions_def: partitions of the submit asset, to line it up with a
             partitioned prompts asset (e.g. daily: each day's prompts become that day's batches).
-        steps: what the asset bodies run; None: a :class:`TogetherBatchSteps` of the arguments
-            above (``storage``, ``template``, ``id_column``, ``batching``, ``results``).
+        steps: what the asset bodies run (see :class:`BatchSteps`); None: a
+            :class:`TogetherBatchSteps` of the arguments above (``storage``, ``template``, ``id_column``, ``batching``, ``results``).
 
     Example:
         .. code-block:: python
@@ -194,7 +219,7 @@ def build_together_batch_defs(
     endpoint_of(template, batching)  # contradictions fail when the definitions load
     layout = storage if isinstance(storage, BatchStorageLayout) else BatchStorageLayout(storage)
     translator = translator or DagsterTogetherTranslator()
-    steps = steps or TogetherBatchSteps(
+    run: BatchSteps = steps or TogetherBatchSteps(
         layout=layout,
         template=template,
         id_column=id_column,
@@ -239,7 +264,7 @@ def build_together_batch_defs(
         def _submit_and_wait(
             context: dg.AssetExecutionContext, prompts: Any
         ) -> dg.MaterializeResult:
-            return steps.submit_and_wait(context, resource_of(context), prompts, watch)
+            return run.execute_submit_and_wait(context, resource_of(context), prompts, watch)
 
         return TogetherBatchDefs(results_asset=_submit_and_wait, layout=layout)
 
@@ -255,7 +280,7 @@ def build_together_batch_defs(
         pool=f"together_submit_{name}",
     )
     def _submit(context: dg.AssetExecutionContext, prompts: Any) -> dg.MaterializeResult:
-        return steps.submit(context, resource_of(context), prompts, partitions_def)
+        return run.execute_submit(context, resource_of(context), prompts, partitions_def)
 
     @dg.asset(
         **_spec_arguments(results_spec),
@@ -274,7 +299,7 @@ def build_together_batch_defs(
         resource_defs=loader,
     )
     def _results(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return steps.collect(context, resource_of(context))
+        return run.execute_results(context, resource_of(context))
 
     results_job = dg.define_asset_job(
         name=f"{name}_results_job",

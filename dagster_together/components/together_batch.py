@@ -6,7 +6,6 @@ overridable ``execute_*`` methods.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import dagster as dg
@@ -287,13 +286,13 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         partitions_def: dg.DynamicPartitionsDefinition,
     ) -> dg.MaterializeResult:
         """The body of ``{name}_batches``."""
-        return self._steps().submit(context, together, prompts, partitions_def)
+        return self._steps().execute_submit(context, together, prompts, partitions_def)
 
     def execute_results(
         self, context: dg.AssetExecutionContext, together: TogetherResource
     ) -> dg.MaterializeResult:
         """The body of ``{name}_results`` (one partition)."""
-        return self._steps().collect(context, together)
+        return self._steps().execute_results(context, together)
 
     def execute_submit_and_wait(
         self,
@@ -303,7 +302,7 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         wait: WaitOptions,
     ) -> dg.MaterializeResult:
         """The body of ``{name}_results`` when ``wait`` is set."""
-        return self._steps().submit_and_wait(context, together, prompts, wait)
+        return self._steps().execute_submit_and_wait(context, together, prompts, wait)
 
     # -- building ------------------------------------------------------------------------------
     def get_resource(self) -> TogetherResource:
@@ -336,7 +335,7 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             watch=watch,
             translator=_GroupTranslator(self.group_name),
             together=self.get_resource(),
-            steps=_ComponentSteps(layout=self._layout(), component=self),
+            steps=self,
         ).defs
 
     def _steps(self) -> TogetherBatchSteps:
@@ -385,37 +384,3 @@ class _GroupTranslator(DagsterTogetherTranslator):
 
     def get_results_spec(self, props: TogetherBatchProps) -> dg.AssetSpec:
         return super().get_results_spec(props).replace_attributes(group_name=self._group_name)
-
-
-@dataclass(frozen=True)
-class _ComponentSteps(TogetherBatchSteps):
-    """Routes each asset body through the component's overridable ``execute_*`` methods."""
-
-    component: TogetherBatchComponent | None = None
-
-    def _owner(self) -> TogetherBatchComponent:
-        assert self.component is not None
-        return self.component
-
-    def submit(
-        self,
-        context: dg.AssetExecutionContext,
-        together: TogetherResource,
-        prompts: Any,
-        partitions_def: dg.DynamicPartitionsDefinition,
-    ) -> dg.MaterializeResult:
-        return self._owner().execute_submit(context, together, prompts, partitions_def)
-
-    def collect(
-        self, context: dg.AssetExecutionContext, together: TogetherResource
-    ) -> dg.MaterializeResult:
-        return self._owner().execute_results(context, together)
-
-    def submit_and_wait(
-        self,
-        context: dg.AssetExecutionContext,
-        together: TogetherResource,
-        prompts: Any,
-        wait: WaitOptions,
-    ) -> dg.MaterializeResult:
-        return self._owner().execute_submit_and_wait(context, together, prompts, wait)
