@@ -15,8 +15,6 @@ import dagster as dg
 from dagster_together.client.errors import (
     APIConnectionError,
     APITimeoutError,
-    AuthenticationError,
-    PermissionDeniedError,
     RateLimitError,
     ServerError,
     TogetherError,
@@ -43,19 +41,8 @@ def failures_for_humans(what: str, *, storage_url: str | None = None) -> Iterato
         yield
     except dg.Failure:
         raise
-    except AuthenticationError as exc:
-        raise dg.Failure(
-            description=(
-                f"{what}: Together rejected the API key ({exc}). Set TOGETHER_API_KEY (or the "
-                "resource's api_key) to a valid key."
-            ),
-            allow_retries=False,
-        ) from exc
-    except PermissionDeniedError as exc:
-        raise dg.Failure(
-            description=f"{what}: Together refused the request ({exc}).", allow_retries=False
-        ) from exc
     except TogetherError as exc:
+        # The client's messages already say what to fix (the key, the file, the limit).
         raise dg.Failure(
             description=f"{what}: {exc}", allow_retries=isinstance(exc, _TRANSIENT)
         ) from exc

@@ -31,6 +31,7 @@ __all__ = [
     "BATCH_ID_TAG",
     "BATCH_STATUS_TAG",
     "MISSING_TICKS_BEFORE_DROP",
+    "tick_budget_seconds",
     "together_batch_sensor",
 ]
 

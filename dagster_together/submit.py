@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from dagster_together.client import BatchJob, TogetherClient
     from dagster_together.requests import RequestChunk, RequestTemplate
 
-__all__ = ["SubmittedBatch", "submit_prompts", "submission_metadata"]
+__all__ = ["SubmittedBatch", "prove_writable", "submission_metadata", "submit_prompts"]
 
 # A batch in one of these states will never produce (more) results: a re-submit of the same
 # input must create a new batch rather than reuse it.
@@ -92,6 +93,8 @@ def submit_prompts(
     )
 
     endpoint = endpoint_of(template, batching)
+    # Before anything is paid for: a batch whose inputs cannot be stored cannot be joined.
+    prove_writable(layout)
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
         # 1. Build and validate everything before the first byte goes out.
         try:
@@ -172,6 +175,41 @@ def submit_prompts(
                 )
             )
     return batches
+
+
+def prove_writable(layout: BatchStorageLayout) -> None:
+    """Write, read back and remove a small file under ``layout.storage_url``.
+
+    Raises:
+        dg.Failure: naming ``storage_url`` and the storage's own error; nothing was sent.
+    """
+    name = f".write-probe-{uuid.uuid4().hex}"
+    local = "://" not in layout.storage_url
+    probe = (
+        os.path.join(layout.storage_url, name)
+        if local
+        else f"{layout.storage_url.rstrip('/')}/{name}"
+    )
+    payload = b"dagster-together can write here\n"
+    try:
+        fs, path = layout.filesystem(probe)
+        if local:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fs.pipe_file(path, payload)
+        try:
+            if fs.cat_file(path) != payload:
+                raise OSError(f"{probe} read back different bytes than were written")
+        finally:
+            fs.rm_file(path)
+    except Exception as exc:
+        raise dg.Failure(
+            description=(
+                f"Cannot write to storage_url={layout.storage_url!r} ({type(exc).__name__}: "
+                f"{exc}). Nothing was sent to Together. Fix storage_url, or its credentials in "
+                "storage_options (for s3:// the usual AWS settings), and run again."
+            ),
+            allow_retries=False,
+        ) from exc
 
 
 def submission_metadata(

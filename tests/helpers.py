@@ -182,6 +182,7 @@ from dagster_together import (
     RequestTemplate,
     SensorOptions,
     TogetherResource,
+    WaitOptions,
     build_together_batch_defs,
 )
 

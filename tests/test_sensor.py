@@ -13,7 +13,12 @@ import pytest
 
 from dagster_together.emulator import Emulator
 from dagster_together.resources import TogetherResource
-from dagster_together.sensors import BATCH_STATUS_TAG, together_batch_sensor
+from dagster_together.sensors import (
+    BATCH_STATUS_TAG,
+    MISSING_TICKS_BEFORE_DROP,
+    tick_budget_seconds,
+    together_batch_sensor,
+)
 from tests.helpers import SensorPipeline
 
 
@@ -182,6 +187,33 @@ def test_batch_missing_from_the_list_stays_watched(
     assert requested(p.tick()) == {}
     slow_emu.set_batch_status(p.batch_ids[0], "COMPLETED")
     assert requested(p.tick()) == {p.batch_ids[0]: "COMPLETED"}
+
+
+def test_batch_gone_from_the_list_is_reported_once_then_dropped(
+    slow_emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    p = Pipeline(slow_emu, api_key, instance, tmp_path, n=1)
+    gone = "deleted-or-other-account"
+    instance.add_dynamic_partitions(p.bundle.partitions_def.name, [gone])
+    observed = []
+    for _ in range(MISSING_TICKS_BEFORE_DROP + 2):
+        result = p.tick()
+        assert requested(result) == {}
+        observed += [e for e in (result.asset_events or []) if e.partition == gone]
+    # Reported once, on the partition, with what to do; then no longer watched.
+    [observation] = observed
+    assert observation.asset_key == p.bundle.results_asset.key
+    assert "no longer watched" in observation.metadata["together/batch_gone"].value
+    assert json.loads(p.cursor or "{}")["gone"] == [gone]
+    # The batch that does exist is still watched and launched when it ends.
+    slow_emu.set_batch_status(p.batch_ids[0], "COMPLETED")
+    assert requested(p.tick()) == {p.batch_ids[0]: "COMPLETED"}
+
+
+def test_tick_budget_follows_the_sensor_timeout() -> None:
+    assert tick_budget_seconds({}) == pytest.approx(45.0)  # Dagster's default of 60 s
+    assert tick_budget_seconds({"DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS": "180"}) == 135.0
+    assert tick_budget_seconds({"DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS": "junk"}) == 45.0
 
 
 # ---------------------------------------------------------------------------------------------

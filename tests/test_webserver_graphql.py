@@ -1,6 +1,7 @@
-"""A materialisation launched through a running ``dagster-webserver``'s GraphQL API, with the
-mutation and variables the UI's Materialize button sends: the webserver launches the run, the run
-uploads the prompts to the emulator (in this process, over loopback) and creates one batch."""
+"""Runs launched and terminated through a running ``dagster-webserver``'s GraphQL API, with the
+mutations and variables the UI's Materialize and Terminate buttons send: the webserver launches
+the run, the run uploads the prompts to the emulator (in this process, over loopback) and creates
+one batch; a run waiting for its batch and terminated cancels it, or leaves it, as configured."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ import dagster as dg
 import httpx
 import pytest
 
-from tests.helpers import CODE_LOCATION_HEADER, free_port, stop_process_group, write_dagster_project
+from tests.helpers import (
+    CODE_LOCATION_HEADER,
+    TERMINAL,
+    free_port,
+    stop_process_group,
+    write_dagster_project,
+)
 
 LOCATION = "webserver_e2e"
 N_PROMPTS = 4
@@ -38,8 +45,24 @@ docs = build_together_batch_defs(
     id_column="id",
 )
 
+def waiting(name, cancel):
+    return build_together_batch_defs(
+        name=name,
+        prompts=prompts,
+        storage=CONFIG["storage_url"] + "/" + name,
+        template=RequestTemplate(model="test-model", prompt_column="text"),
+        id_column="id",
+        watch=WaitOptions(poll_interval=0.2, cancel_on_termination=cancel),
+    )
+
+
+cancelling = waiting("cancelling", True)
+keeping = waiting("keeping", False)
+
 defs = dg.Definitions.merge(
     docs.defs,
+    cancelling.defs,
+    keeping.defs,
     dg.Definitions(
         assets=[prompts],
         resources=RESOURCES,
@@ -74,6 +97,17 @@ mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
 }
 """
 
+# What the UI sends when Terminate is clicked on a run.
+TERMINATE_MUTATION = """
+mutation Terminate($runId: String!, $terminatePolicy: TerminateRunPolicy) {
+  terminateRun(runId: $runId, terminatePolicy: $terminatePolicy) {
+    __typename
+    ... on TerminateRunFailure { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
 RUN_STATUS_QUERY = """
 query RunStatus($runId: ID!) {
   runOrError(runId: $runId) {
@@ -96,14 +130,16 @@ LOCATIONS_QUERY = """
 
 @pytest.fixture
 def project(
-    tmp_path: Path, emulator: Any, api_key: str, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
+    # The fast emulator by default; ``indirect`` parametrisation names another emulator fixture.
+    emulator = request.getfixturevalue(getattr(request, "param", "emulator"))
     config = {
         "n_prompts": N_PROMPTS,
         "storage_url": str(tmp_path / "store"),
         "base_url": emulator.base_url,
     }
-    return write_dagster_project(
+    written = write_dagster_project(
         tmp_path,
         monkeypatch,
         api_key,
@@ -112,6 +148,7 @@ def project(
         config=config,
         location=LOCATION,
     )
+    return {**written, "emulator": emulator}
 
 
 class Webserver:
@@ -234,3 +271,73 @@ def test_materialize_button_through_graphql_submits_one_batch(
         assert materialization.metadata["together/n_requests"].value == N_PROMPTS
         # The batch is now a partition of the results asset, ready for the sensor.
         assert instance.get_dynamic_partitions("docs_batches") == [batch["id"]]
+
+
+def _launch(webserver: Webserver, assets: list[list[str]]) -> str:
+    """The Materialize button on ``assets``; the new run's id."""
+    launched = webserver.graphql(
+        LAUNCH_MUTATION,
+        {
+            "executionParams": {
+                "mode": "default",
+                "runConfigData": {},
+                "executionMetadata": {"tags": []},
+                "selector": {
+                    "repositoryLocationName": LOCATION,
+                    "repositoryName": "__repository__",
+                    "pipelineName": "__ASSET_JOB",
+                    "assetSelection": [{"path": path} for path in assets],
+                    "assetCheckSelection": [],
+                },
+            }
+        },
+    )["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return str(launched["run"]["runId"])
+
+
+def _run_status(webserver: Webserver, run_id: str, until: tuple[str, ...]) -> str:
+    deadline = time.monotonic() + 90
+    while True:
+        run = webserver.graphql(RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]
+        if run["status"] in until:
+            return str(run["status"])
+        assert time.monotonic() < deadline, f"run still {run['status']}:\n{webserver.log_tail()}"
+        time.sleep(0.3)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("project", ["slow_emu"], indirect=True)
+@pytest.mark.parametrize("name, cancels", [("cancelling", True), ("keeping", False)])
+def test_terminating_a_run_that_waits_cancels_its_batch_when_asked(
+    webserver: Webserver, project: dict[str, Any], name: str, cancels: bool
+) -> None:
+    emu = project["emulator"]
+    run_id = _launch(webserver, [["prompts"], [f"{name}_results"]])
+    # The run is polling a batch that stays IN_PROGRESS (the slow emulator never ends it).
+    deadline = time.monotonic() + 90
+    while not emu.batches():
+        assert time.monotonic() < deadline, webserver.log_tail()
+        time.sleep(0.2)
+    [batch] = emu.batches()
+    _run_status(webserver, run_id, until=("STARTED",))
+    time.sleep(1.0)  # a few polls
+
+    terminated = webserver.graphql(
+        TERMINATE_MUTATION, {"runId": run_id, "terminatePolicy": "SAFE_TERMINATE"}
+    )["terminateRun"]
+    assert terminated["__typename"] == "TerminateRunSuccess", terminated
+    assert _run_status(webserver, run_id, until=("CANCELED", "FAILURE", "SUCCESS")) == "CANCELED"
+
+    cancel_calls = [
+        r
+        for r in emu.requests
+        if (r.method, r.path) == ("POST", f"/v1/batches/{batch['id']}/cancel")
+    ]
+    [after] = emu.batches()
+    if cancels:
+        assert len(cancel_calls) == 1, webserver.log_tail()
+        assert after["status"] in ("CANCELING", "CANCELLED")
+    else:
+        assert cancel_calls == []
+        assert after["status"] not in TERMINAL and after["status"] != "CANCELING"
