@@ -18,6 +18,9 @@ import pytest
 
 from bench.__main__ import FIGURES
 
+# Real processes (daemon, webserver, the demo, the benchmarks): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # Their references are curl: without curl on the machine these two cannot be measured.
 CURL_FIGURES = {"retrieve_local", "upload"}

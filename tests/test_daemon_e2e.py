@@ -22,6 +22,9 @@ import pytest
 
 from tests.helpers import CODE_LOCATION_HEADER, stop_process_group, write_dagster_project
 
+# Real processes (daemon, webserver, the demo, the benchmarks): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 N_PROMPTS = 6
 PER_BATCH = 3  # -> two batches, two partitions, two runs launched by the daemon
 RESULTS_KEY = dg.AssetKey("docs_results")

@@ -27,6 +27,10 @@ from example_project.demo import run_demo
 from example_project.reviews import make_reviews
 from tests.helpers import free_port
 
+# Real processes (the demo, the dev server, the emulator in children): `pytest -m "not slow"`
+# skips them.
+pytestmark = pytest.mark.slow
+
 # example_project is not installed: pytest's `pythonpath = ["."]` puts the repo on sys.path.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +138,7 @@ def test_demo_end_to_end_through_the_sensor_and_again(
 ENSURE_SCRIPT = """
 import json, sys
 from example_project.local_emulator import ensure_emulator
+
 emu = ensure_emulator(port=int(sys.argv[1]), state_dir=sys.argv[2], run_seconds=1.0)
 print(json.dumps({"pid": emu.pid, "started": emu.started, "base_url": emu.base_url}))
 """

@@ -25,6 +25,9 @@ from tests.helpers import (
     write_dagster_project,
 )
 
+# Real processes (daemon, webserver, the demo, the benchmarks): `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 LOCATION = "webserver_e2e"
 N_PROMPTS = 4
 
