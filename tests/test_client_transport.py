@@ -70,7 +70,7 @@ def test_normalize_base_url_rejects_garbage(bad: str) -> None:
 
 def test_base_url_from_env_and_default(monkeypatch: pytest.MonkeyPatch, api_key: str) -> None:
     monkeypatch.delenv("TOGETHER_BASE_URL", raising=False)
-    assert TogetherClient(api_key).base_url == "https://api.together.xyz/v1"
+    assert TogetherClient(api_key).base_url == "https://api.together.ai/v1"
     monkeypatch.setenv("TOGETHER_BASE_URL", "https://api.together.ai")
     assert TogetherClient(api_key).base_url == "https://api.together.ai/v1"
     assert TogetherClient(api_key, "http://x:1").base_url == "http://x:1/v1"

@@ -17,8 +17,9 @@ class TogetherClient:
     Args:
         api_key: the API key; None reads ``TOGETHER_API_KEY``. It is never shown by ``repr``,
             in exception messages or in logs.
-        base_url: None reads ``TOGETHER_BASE_URL``, else ``https://api.together.xyz/v1``. A
-            URL without a ``/v1`` path gets ``/v1`` added (SDK 3.x style host-only URLs work).
+        base_url: None reads ``TOGETHER_BASE_URL``, else ``https://api.together.ai/v1`` (the
+            current SDKs' host; ``https://api.together.xyz/v1`` works too). A URL without a
+            ``/v1`` path gets ``/v1`` added (SDK 3.x style host-only URLs work).
         timeout: seconds for connect and for each read/write (not for a whole download).
         max_retries: retries after the first attempt, for transient failures only (429, 408,
             5xx, connection errors); also the number of resumes a download may make.

@@ -38,7 +38,8 @@ from dagster_together.version import __version__
 
 logger = logging.getLogger("dagster_together.client")
 
-DEFAULT_BASE_URL = "https://api.together.xyz/v1"
+#: Where the current SDKs (2.x, 3.x) send requests; ``api.together.xyz`` (SDK 1.x) still works.
+DEFAULT_BASE_URL = "https://api.together.ai/v1"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 5
 
@@ -113,7 +114,7 @@ def normalize_base_url(base_url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(
             f"Invalid Together base URL {url!r}: expected http(s)://host[/v1], "
-            "e.g. https://api.together.xyz/v1."
+            "e.g. https://api.together.ai/v1."
         )
     if parts.query or parts.fragment:
         raise ValueError(f"Invalid Together base URL {url!r}: it may not have a query or fragment.")
