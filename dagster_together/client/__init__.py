@@ -30,6 +30,7 @@ from dagster_together.client.errors import (
     ServerError,
     TogetherError,
 )
+from dagster_together.client.settings import ClientSettings, Retries
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject, FileResponse
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ __all__ = [
     "BatchStatus",
     "BatchWaitTimeout",
     "Batches",
+    "ClientSettings",
     "ConflictError",
     "DownloadError",
     "FileObject",
@@ -89,6 +91,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "Retries",
     "ServerError",
     "TogetherClient",
     "TogetherError",
