@@ -18,6 +18,9 @@ _log = logging.getLogger("dagster_together.client")
 #: How far the server's clock may lag ours when we look for a batch our lost request created.
 #: Small on purpose: a batch on the same file created earlier than this is someone else's.
 CLOCK_SKEW = timedelta(seconds=60)
+#: :meth:`Batches.wait` without a poll interval: the first pause and the longest one (seconds).
+_FIRST_POLL = 1.0
+_MAX_POLL = 30.0
 
 
 def _jobs(data: Any) -> list[dict[str, Any]]:
@@ -136,7 +139,7 @@ class Batches:
         self,
         id: str,
         *,
-        poll_interval: float = 10.0,
+        poll_interval: float | None = None,
         timeout: float | None = None,
         logger: LogSink | None = None,
         on_poll: Callable[[BatchJob], None] | None = None,
@@ -151,7 +154,9 @@ class Batches:
 
         Args:
             id: the batch id.
-            poll_interval: seconds between two polls.
+            poll_interval: seconds between two polls. None: 1 s at first, then half as long
+                again after each poll, up to 30 s (a quick batch ends quickly, a long one costs
+                two requests a minute).
             timeout: give up after this many seconds (None: wait as long as it takes).
             logger: where progress lines go, e.g. Dagster's ``context.log``.
             on_poll: called with every job seen, the final one included.
@@ -159,8 +164,9 @@ class Batches:
         Raises:
             BatchWaitTimeout: ``timeout`` passed first; the batch was not cancelled.
         """
-        if poll_interval <= 0:
+        if poll_interval is not None and poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}.")
+        pause = poll_interval if poll_interval is not None else _FIRST_POLL
         deadline = None if timeout is None else time.monotonic() + timeout
         log: LogSink = logger if logger is not None else _log
         last: tuple[str, float | None] | None = None
@@ -181,12 +187,14 @@ class Batches:
                 raise BatchWaitTimeout(
                     f"Batch {id} is still {job.status.value} after waiting {timeout:g} s. It is "
                     "still running on Together's side and was not cancelled: wait again later, "
-                    "or cancel it with client.batches.cancel_batch(id).",
+                    f"or cancel it with client.batches.cancel_batch({id!r}).",
                     batch_id=id,
                     status=job.status.value,
                     job=job,
                 )
-            time.sleep(poll_interval if left is None else min(poll_interval, left))
+            time.sleep(pause if left is None else min(pause, left))
+            if poll_interval is None:
+                pause = min(_MAX_POLL, pause * 1.5)
 
 
 def _not_created(
