@@ -386,6 +386,52 @@ def test_answers_are_deterministic_and_completions_endpoint(emu: Emulator, api: 
     assert body["object"] == "text_completion" and body["choices"][0]["text"].strip()
 
 
+def test_max_tokens_cuts_the_answer_with_finish_reason_length(emu: Emulator, api: Http) -> None:
+    text = "Explain in detail why the sky looks blue on a clear summer afternoon"
+    rows = []
+    for cid, limit in (("free", None), ("cut", 3), ("zero", 0), ("roomy", 500)):
+        row = chat(cid, text)
+        if limit is not None:
+            row["body"]["max_tokens"] = limit
+        rows.append(row)
+    prompts = [{"custom_id": "p", "body": {"model": "m", "prompt": text, "max_tokens": 2}}]
+    chats = lines(api, wait_terminal(api, create_batch(api, emu, rows)["id"])[0]["output_file_id"])
+    done, _ = wait_terminal(api, create_batch(api, emu, prompts, endpoint="/v1/completions")["id"])
+    [completion] = lines(api, done["output_file_id"])
+    by_id = {o["custom_id"]: o["response"]["body"] for o in chats + [completion]}
+    free = by_id["free"]["choices"][0]
+    assert free["finish_reason"] == "stop" and len(free["message"]["content"].split()) > 3
+    for cid, limit in (("cut", 3), ("zero", 0), ("p", 2)):
+        body = by_id[cid]
+        choice = body["choices"][0]
+        said = choice["message"]["content"] if "message" in choice else choice["text"]
+        assert choice["finish_reason"] == "length"
+        assert body["usage"]["completion_tokens"] == len(said.split()) == limit
+        assert free["message"]["content"].startswith(said.strip()) or cid == "p"
+    assert by_id["roomy"]["choices"][0] == free  # a limit it stays under changes nothing
+
+
+def test_command_line_help_is_plain_text_and_explains_every_option() -> None:
+    from dagster_together.emulator.__main__ import build_parser
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster_together.emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    text = done.stdout
+    for markup in ("``", ":class:", ":meth:", ":func:", ".. ", "**", "`"):
+        assert markup not in text, f"markup {markup!r} leaks into --help"
+    options = [a for a in build_parser()._actions if a.option_strings]  # noqa: SLF001
+    assert len(options) == 15
+    for action in options:
+        assert action.help and len(action.help) > 15, action.option_strings
+        assert action.option_strings[-1] in text
+    assert "CANCELING" in text and "EMULATE_ERROR" in text
+
+
 def test_all_requests_failed_means_no_output_file(emu: Emulator, api: Http) -> None:
     done, _ = wait_terminal(
         api, create_batch(api, emu, [chat(f"{i}-fail", "x") for i in range(5)])["id"]
