@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -189,7 +189,7 @@ class Files:
         data = self._transport.json("POST", f"/files/{quote_id(file_id)}/preprocess")
         uploaded = FileResponse.from_api(data)
         if uploaded.is_invalid:
-            raise _invalid_upload(path, uploaded)
+            raise _invalid_upload(path, uploaded, self._transport.scrub)
         logger.info("Uploaded %s as %s (%s bytes)", path.name, uploaded.id, size)
         return uploaded
 
@@ -251,9 +251,11 @@ class Files:
         )
 
 
-def _invalid_upload(path: Path, uploaded: FileResponse) -> FileValidationError:
+def _invalid_upload(
+    path: Path, uploaded: FileResponse, scrub: Callable[[str], str]
+) -> FileValidationError:
     report = uploaded.validation_report
-    error = (report or {}).get("error") or "no details given"
+    error = scrub(str((report or {}).get("error") or "no details given"))
     kind = (report or {}).get("error_type") or uploaded.processing_status or "invalid"
     lines = (report or {}).get("nlines")
     counted = f" ({lines} lines read)" if lines is not None else ""
