@@ -70,7 +70,7 @@ def test_normalize_base_url_rejects_garbage(bad: str) -> None:
 
 def test_base_url_from_env_and_default(monkeypatch: pytest.MonkeyPatch, api_key: str) -> None:
     monkeypatch.delenv("TOGETHER_BASE_URL", raising=False)
-    assert TogetherClient(api_key).base_url == "https://api.together.xyz/v1"
+    assert TogetherClient(api_key).base_url == "https://api.together.ai/v1"
     monkeypatch.setenv("TOGETHER_BASE_URL", "https://api.together.ai")
     assert TogetherClient(api_key).base_url == "https://api.together.ai/v1"
     assert TogetherClient(api_key, "http://x:1").base_url == "http://x:1/v1"
@@ -153,8 +153,8 @@ def test_retry_after_ms_is_honoured(client: TogetherClient, emulator: Any) -> No
 
 def test_retry_after_is_capped(emulator: Any, api_key: str) -> None:
     emulator.add_fault(method="GET", path=r"^/v1/batches$", status=503, retry_after=3600, times=1)
-    with TogetherClient(api_key, emulator.base_url, backoff_base=0.01) as c:
-        c.transport.retry_after_max = 0.2  # the cap (60 s by default) applies to the server's ask
+    # The cap (60 s by default) applies to the server's ask.
+    with TogetherClient(api_key, emulator.base_url, backoff_base=0.01, retry_after_max=0.2) as c:
         started = time.monotonic()
         c.batches.list_batches()
         assert time.monotonic() - started < 2

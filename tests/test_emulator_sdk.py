@@ -9,8 +9,13 @@ TOGETHER_API.md disagree the SDK wins; the points where that mattered:
   the SDK parses answers leniently, so listing and retrieving output files still works.
 * SDK 3.x's ``endpoint`` type lists no ``/v1/completions``; the emulator accepts it anyway
   (SDK 1.x used it).
+* The live service's quirks, which the emulator copies by default: a cancel answers
+  ``CANCELING`` (not in SDK 3.x's status type; it parses leniently and keeps the string) before
+  ``CANCELLED``, and ``GET /batches`` answers ``null`` for an account without batches, which
+  SDK 3.x hands back as ``None`` rather than ``[]``.
 
-Together 1.5.x shares the package name and is not installed here, so it is not tested.
+Together 1.5.x and 2.x share the package name; they run in their own virtual environments in
+tests/test_emulator_sdk_lines.py.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def _wait(client: Together, batch_id: str, timeout: float = 10.0):
     while time.monotonic() < deadline:
         job = client.batches.retrieve(batch_id)
         seen.append(job.status)
-        if job.status in ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED"):
+        if job.status in ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED"):  # CANCELING: not yet
             return job, seen
         time.sleep(0.05)
     raise AssertionError(f"batch {batch_id} still {seen[-1]} after {timeout}s")
@@ -140,10 +145,10 @@ def test_sdk_cancel(client: Together, input_file: Path) -> None:
     uploaded = client.files.upload(input_file, purpose="batch-api", check=False)
     job = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions").job
     assert job is not None and job.id
-    cancelled = client.batches.cancel(job.id)
-    assert cancelled.status == "CANCELLED"
-    again = client.batches.retrieve(job.id)
-    assert again.status == "CANCELLED"
+    canceling = client.batches.cancel(job.id)
+    assert canceling.status == "CANCELING"  # the live service's first answer
+    again, seen = _wait(client, job.id)
+    assert again.status == "CANCELLED" and seen[0] == "CANCELING"
     assert again.output_file_id is None  # cancelled while validating: nothing was done
 
 
@@ -167,7 +172,7 @@ def test_sdk_not_found(client: Together) -> None:
 def test_sdk_honours_retry_after_on_429(emu: Emulator, client: Together) -> None:
     emu.add_fault(method="GET", path=r"^/v1/batches$", kind="status", status=429, retry_after=0.1)
     started = time.monotonic()
-    assert client.batches.list() == []
+    assert client.batches.list() is None  # `null`: what the live service sends for no batches
     assert time.monotonic() - started < 1.0  # waited Retry-After (0.1 s), not its own 1 s backoff
     assert [r.status for r in emu.requests] == [429, 200]
 

@@ -17,8 +17,11 @@ from dagster_together.client.errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BatchNotCreatedError,
+    BatchWaitTimeout,
     ConflictError,
     DownloadError,
+    FileValidationError,
     InputFileNotFoundError,
     InvalidRequestFileError,
     NotFoundError,
@@ -27,6 +30,7 @@ from dagster_together.client.errors import (
     ServerError,
     TogetherError,
 )
+from dagster_together.client.settings import ClientSettings, Retries
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject, FileResponse
 
 if TYPE_CHECKING:
@@ -70,12 +74,16 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchJob",
+    "BatchNotCreatedError",
     "BatchStatus",
+    "BatchWaitTimeout",
     "Batches",
+    "ClientSettings",
     "ConflictError",
     "DownloadError",
     "FileObject",
     "FileResponse",
+    "FileValidationError",
     "Files",
     "InputFileNotFoundError",
     "InvalidRequestFileError",
@@ -83,6 +91,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "Retries",
     "ServerError",
     "TogetherClient",
     "TogetherError",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import TracebackType
+from typing import Any
 
 import httpx
 
 from dagster_together.client.batches import Batches
 from dagster_together.client.files import Files
-from dagster_together.client.transport import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Transport
+from dagster_together.client.settings import ClientSettings, Retries
+from dagster_together.client.transport import Transport
 
 
 class TogetherClient:
@@ -17,24 +20,31 @@ class TogetherClient:
     Args:
         api_key: the API key; None reads ``TOGETHER_API_KEY``. It is never shown by ``repr``,
             in exception messages or in logs.
-        base_url: None reads ``TOGETHER_BASE_URL``, else ``https://api.together.xyz/v1``. A
-            URL without a ``/v1`` path gets ``/v1`` added (SDK 3.x style host-only URLs work).
+        base_url: None reads ``TOGETHER_BASE_URL``, else ``https://api.together.ai/v1`` (the
+            current SDKs' host; ``https://api.together.xyz/v1`` works too). A URL without a
+            ``/v1`` path gets ``/v1`` added (SDK 3.x style host-only URLs work).
         timeout: seconds for connect and for each read/write (not for a whole download).
         max_retries: retries after the first attempt, for transient failures only (429, 408,
             5xx, connection errors); also the number of resumes a download may make.
         verify_tls: verify the server's TLS certificate; turn off only for a test server.
-        http_transport: an ``httpx.BaseTransport`` to send requests through (tests, proxies).
         backoff_base, backoff_max: exponential backoff: ``backoff_base`` doubling per retry,
             capped at ``backoff_max`` seconds, with jitter. A server's ``Retry-After`` wins,
             capped at ``retry_after_max`` seconds (60 by default).
+        settings: all of the above as one typed :class:`ClientSettings` (the keywords above,
+            when given, override its fields).
+        retries: the retry fields as one typed :class:`Retries` (overrides ``settings.retries``;
+            the retry keywords above, when given, override its fields).
+        http_transport: an ``httpx.BaseTransport`` to send requests through (tests, proxies).
 
     Use as a context manager, or call :meth:`close`, to release connections.
 
     Example::
 
-        with TogetherClient() as client:
-            f = client.files.upload("requests.jsonl")
-            job = client.batches.create_batch(f.id)
+        client = TogetherClient()
+        f = client.files.upload("requests.jsonl")
+        job = client.batches.create_batch(f.id)
+        job = client.batches.wait(job.id)
+        out = client.files.retrieve_content(job.output_file_id, output="out.jsonl")
     """
 
     def __init__(
@@ -42,28 +52,42 @@ class TogetherClient:
         api_key: str | None = None,
         base_url: str | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        verify_tls: bool = True,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        verify_tls: bool | None = None,
+        backoff_base: float | None = None,
+        backoff_max: float | None = None,
+        retry_after_max: float | None = None,
+        settings: ClientSettings | None = None,
+        retries: Retries | None = None,
         http_transport: httpx.BaseTransport | None = None,
-        backoff_base: float = 0.5,
-        backoff_max: float = 8.0,
-        retry_after_max: float = 60.0,
     ) -> None:
-        self._transport = Transport(
-            api_key,
-            base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            verify_tls=verify_tls,
-            http_transport=http_transport,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-            retry_after_max=retry_after_max,
+        settings = settings if settings is not None else ClientSettings()
+        retry_fields: dict[str, Any] = {
+            "max_retries": max_retries,
+            "backoff_base": backoff_base,
+            "backoff_max": backoff_max,
+            "retry_after_max": retry_after_max,
+        }
+        retries = replace(
+            retries if retries is not None else settings.retries,
+            **{name: value for name, value in retry_fields.items() if value is not None},
         )
+        fields: dict[str, Any] = {"timeout": timeout, "verify_tls": verify_tls}
+        settings = replace(
+            settings,
+            retries=retries,
+            **{name: value for name, value in fields.items() if value is not None},
+        )
+        self._transport = Transport(api_key, base_url, settings, http_transport=http_transport)
         del api_key
         self.files = Files(self._transport)
         self.batches = Batches(self._transport)
+
+    @property
+    def settings(self) -> ClientSettings:
+        """The settings in force (timeout, retries, TLS verification)."""
+        return self._transport.settings
 
     @property
     def base_url(self) -> str:

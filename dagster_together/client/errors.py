@@ -6,6 +6,28 @@ transport builds messages from the status, the path and the server's error messa
 
 from __future__ import annotations
 
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchNotCreatedError",
+    "BatchWaitTimeout",
+    "ConflictError",
+    "DownloadError",
+    "FileValidationError",
+    "InputFileNotFoundError",
+    "InvalidRequestFileError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerError",
+    "TogetherError",
+]
+
 
 class TogetherError(Exception):
     """Base class for every error raised by dagster-together."""
@@ -85,3 +107,59 @@ class DownloadError(TogetherError):
 
 class InputFileNotFoundError(InvalidRequestFileError, FileNotFoundError):
     """The file given to upload does not exist (or is not a regular file); nothing was sent."""
+
+
+class FileValidationError(InvalidRequestFileError):
+    """Together checked an uploaded file and found it invalid (``validation_report.valid`` is
+    false, or ``processing_status`` is ``INVALID_FORMAT``). The bytes were sent; no batch was
+    created from them.
+
+    Attributes:
+        file_id: the id Together gave the file.
+        report: the ``validation_report`` object as Together sent it (``valid``, ``error``,
+            ``error_type``, ``nlines``, ...), or None if only the status said so.
+        processing_status: the file's ``processing_status``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file_id: str,
+        report: dict[str, Any] | None,
+        processing_status: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.file_id = file_id
+        self.report = report
+        self.processing_status = processing_status
+
+
+class BatchNotCreatedError(APIError):
+    """Together answered a create with ``{"job": null, "warning": ...}``: no batch exists and
+    nothing is billed (for example, batch does not serve the model). Retrying will not help.
+
+    Attributes:
+        warning: Together's own explanation, as sent.
+    """
+
+    def __init__(self, message: str, *, warning: str | None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.warning = warning
+
+
+class BatchWaitTimeout(TogetherError):
+    """:meth:`Batches.wait` gave up before the batch ended. The batch is still running on
+    Together's side: it was not cancelled.
+
+    Attributes:
+        batch_id: the batch waited for.
+        status: its last status seen.
+        job: the last ``BatchJob`` seen.
+    """
+
+    def __init__(self, message: str, *, batch_id: str, status: str, job: Any = None) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
+        self.status = status
+        self.job = job

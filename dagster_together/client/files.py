@@ -6,13 +6,18 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from dagster_together.client.download import retrieve_content
-from dagster_together.client.errors import APIError, ConflictError, InputFileNotFoundError
+from dagster_together.client.errors import (
+    APIError,
+    ConflictError,
+    FileValidationError,
+    InputFileNotFoundError,
+)
 from dagster_together.client.progress import LogSink
 from dagster_together.client.transport import Transport, quote_id, redact_url
 from dagster_together.client.types import FileObject, FileResponse
@@ -97,6 +102,8 @@ class Files:
         Raises:
             InputFileNotFoundError: ``file`` does not exist; nothing was sent.
             InvalidRequestFileError: ``check=True`` and the file breaks the API's rules.
+            FileValidationError: Together's own validation (the ``validation_report`` of the
+                preprocess answer) rejected the file; ``.report`` holds its words.
             APIError, APIConnectionError: the upload failed after the configured retries.
         """
         path = Path(os.fspath(file))
@@ -181,6 +188,8 @@ class Files:
             )
         data = self._transport.json("POST", f"/files/{quote_id(file_id)}/preprocess")
         uploaded = FileResponse.from_api(data)
+        if uploaded.is_invalid:
+            raise _invalid_upload(path, uploaded, self._transport.scrub)
         logger.info("Uploaded %s as %s (%s bytes)", path.name, uploaded.id, size)
         return uploaded
 
@@ -212,7 +221,7 @@ class Files:
 
     def retrieve_content(
         self,
-        id: str,
+        id: str | None,
         *,
         output: str | os.PathLike[str] | None = None,
         storage_options: dict[str, Any] | None = None,
@@ -220,7 +229,18 @@ class Files:
         logger: LogSink | None = None,
     ) -> FileObject:
         """Download a file's bytes to ``output``: streamed, resumed, verified, published
-        atomically. See :func:`dagster_together.client.download.retrieve_content`."""
+        atomically. See :func:`dagster_together.client.download.retrieve_content`.
+
+        Raises:
+            ValueError: ``id`` is None, e.g. the ``output_file_id`` of a batch that has not
+                ended yet (or ended without output).
+        """
+        if id is None:
+            raise ValueError(
+                "No file id to download (None): the batch has no output file yet. Wait for it "
+                "to end, e.g. job = client.batches.wait(job.id), then use job.output_file_id "
+                "(None also when every request failed: see job.error_file_id)."
+            )
         return retrieve_content(
             self._transport,
             id,
@@ -229,3 +249,21 @@ class Files:
             progress=progress,
             logger=logger,
         )
+
+
+def _invalid_upload(
+    path: Path, uploaded: FileResponse, scrub: Callable[[str], str]
+) -> FileValidationError:
+    report = uploaded.validation_report
+    error = scrub(str((report or {}).get("error") or "no details given"))
+    kind = (report or {}).get("error_type") or uploaded.processing_status or "invalid"
+    lines = (report or {}).get("nlines")
+    counted = f" ({lines} lines read)" if lines is not None else ""
+    return FileValidationError(
+        f"Together rejected {path.name} (uploaded as {uploaded.id}) after checking it: "
+        f"{kind}: {error}{counted}. No batch was created; fix the file and upload it again "
+        "(check_request_file in dagster_together.requests finds most problems before sending).",
+        file_id=uploaded.id,
+        report=report,
+        processing_status=uploaded.processing_status,
+    )

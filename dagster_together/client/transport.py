@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -34,13 +35,13 @@ from dagster_together.client.errors import (
     RateLimitError,
     ServerError,
 )
+from dagster_together.client.settings import ClientSettings
 from dagster_together.version import __version__
 
 logger = logging.getLogger("dagster_together.client")
 
-DEFAULT_BASE_URL = "https://api.together.xyz/v1"
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_RETRIES = 5
+#: Where the current SDKs (2.x, 3.x) send requests; ``api.together.xyz`` (SDK 1.x) still works.
+DEFAULT_BASE_URL = "https://api.together.ai/v1"
 
 #: ``"idempotent"``: every transient failure is retried (GET, DELETE, preprocess, cancel, ...).
 #: ``"unsent_only"``: only failures that prove the server did nothing (429, connection refused);
@@ -113,7 +114,7 @@ def normalize_base_url(base_url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(
             f"Invalid Together base URL {url!r}: expected http(s)://host[/v1], "
-            "e.g. https://api.together.xyz/v1."
+            "e.g. https://api.together.ai/v1."
         )
     if parts.query or parts.fragment:
         raise ValueError(f"Invalid Together base URL {url!r}: it may not have a query or fragment.")
@@ -280,25 +281,39 @@ def _api_error(
     return APIError(f"Together answered {status} for {request}{tried}: {message}.", **kwargs)
 
 
+@dataclass(frozen=True)
+class _Retry:
+    """The classifier's verdict: send again, after ``retry_after`` (None: our backoff)."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class _Fail:
+    """The classifier's verdict: give up with ``error``; ``ambiguous`` when the request may
+    have taken effect (the caller of a non-idempotent request must find out)."""
+
+    error: Exception
+    ambiguous: bool = False
+    cause: BaseException | None = None
+
+
 class Transport:
     """One ``httpx.Client`` plus the policy around it. Thread-safe (httpx.Client is).
 
     The API key is held in an auth object whose ``repr`` hides it and is only sent to the API
-    base URL, never to presigned storage URLs.
+    base URL, never to presigned storage URLs. ``settings`` (timeout, retries, TLS) are fixed
+    for the transport's life.
     """
 
     def __init__(
         self,
         api_key: str | None = None,
         base_url: str | None = None,
+        settings: ClientSettings | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        verify_tls: bool = True,
         http_transport: httpx.BaseTransport | None = None,
-        backoff_base: float = 0.5,
-        backoff_max: float = 8.0,
-        retry_after_max: float = 60.0,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("TOGETHER_API_KEY")
         if not key:
@@ -306,24 +321,18 @@ class Transport:
                 "No Together API key: pass api_key=... or set the TOGETHER_API_KEY environment "
                 "variable. Nothing was sent."
             )
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}.")
         self._auth = _BearerAuth(key)
         del key, api_key  # only the auth object holds it from here on
+        self.settings = settings if settings is not None else ClientSettings()
         self.base_url = normalize_base_url(
             base_url or os.environ.get("TOGETHER_BASE_URL") or DEFAULT_BASE_URL
         )
-        self.timeout = float(timeout)
-        self.max_retries = int(max_retries)
-        self.backoff_base = float(backoff_base)
-        self.backoff_max = float(backoff_max)
-        self.retry_after_max = float(retry_after_max)
         self._sleep: Callable[[float], None] = time.sleep  # seam for tests
         self._base_path = urlsplit(self.base_url).path
         self._http = httpx.Client(
             base_url=self.base_url,
-            timeout=httpx.Timeout(self.timeout),
-            verify=verify_tls,
+            timeout=httpx.Timeout(self.settings.timeout),
+            verify=self.settings.verify_tls,
             transport=http_transport,
             follow_redirects=False,
             headers={
@@ -335,6 +344,16 @@ class Transport:
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r}, api_key='**********')"
+
+    @property
+    def timeout(self) -> float:
+        """Seconds for connect and for each read/write."""
+        return self.settings.timeout
+
+    @property
+    def max_retries(self) -> int:
+        """Retries after the first attempt (also the resumes a download may make)."""
+        return self.settings.retries.max_retries
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -356,9 +375,11 @@ class Transport:
             return f"{method} {redact_url(path)}"
         return f"{method} {self._base_path}/{path.lstrip('/')}"
 
+    # -- wait ----------------------------------------------------------------------------------
     def backoff_delay(self, retry: int) -> float:
         """Exponential backoff with jitter for the ``retry``-th retry (1-based)."""
-        delay = min(self.backoff_max, self.backoff_base * 2.0 ** max(0, retry - 1))
+        policy = self.settings.retries
+        delay = min(policy.backoff_max, policy.backoff_base * 2.0 ** max(0, retry - 1))
         # Jitter keeps many workers that failed together from retrying in lockstep.
         return delay * (1.0 - 0.25 * random.random())
 
@@ -367,7 +388,7 @@ class Transport:
     ) -> float:
         """Log the retry at WARNING and sleep; honours a server's ``Retry-After`` (capped)."""
         if retry_after is not None:
-            wait = min(retry_after, self.retry_after_max)
+            wait = min(retry_after, self.settings.retries.retry_after_max)
         else:
             wait = self.backoff_delay(retry)
         logger.warning(
@@ -381,6 +402,7 @@ class Transport:
         self._sleep(wait)
         return wait
 
+    # -- classify ------------------------------------------------------------------------------
     def _retryable_status(self, status: int, method: str, policy: RetryPolicy) -> bool:
         if status == 429:
             return True  # refused before doing anything: safe for every request
@@ -390,6 +412,46 @@ class Transport:
             # 409 is a state conflict; only a read can expect it to clear on its own.
             return method in ("GET", "HEAD")
         return status == 408 or (status >= 500 and status != 501)
+
+    def _classify_failure(
+        self, exc: httpx.TransportError, policy: RetryPolicy, retries: int, described: str
+    ) -> _Retry | _Fail:
+        """A request that got no answer: retry it, or the error to raise."""
+        unsent = isinstance(exc, _UNSENT_ERRORS)  # nothing reached the server
+        if retries < self.max_retries and (unsent or policy == "idempotent"):
+            return _Retry(type(exc).__name__)
+        error = self._connection_error(exc, described, retries)
+        return _Fail(error, ambiguous=not unsent and policy != "idempotent", cause=exc)
+
+    def _classify_answer(
+        self,
+        response: httpx.Response,
+        method: str,
+        policy: RetryPolicy,
+        retries: int,
+        described: str,
+    ) -> _Retry | _Fail | None:
+        """An HTTP answer: None to return it, a retry, or the error to raise. Consumes and
+        closes the response unless it is returned."""
+        status = response.status_code
+        if status < 400:
+            return None
+        # x-should-retry is the server's explicit word (Stainless convention) and wins.
+        should = response.headers.get("x-should-retry", "").lower()
+        retryable = self._retryable_status(status, method, policy)
+        if should == "false":
+            retryable = False
+        elif should == "true" and policy == "idempotent":
+            retryable = True
+        if retryable and retries < self.max_retries:
+            response.close()
+            return _Retry(f"{status} {response.reason_phrase}", parse_retry_after(response.headers))
+        try:
+            response.read()  # a streamed error body; a no-op for one already read
+            error = _api_error(response, described, retries, self.scrub)
+        finally:
+            response.close()
+        return _Fail(error, ambiguous=policy != "idempotent" and (status >= 500 or status == 408))
 
     def _connection_error(self, exc: httpx.TransportError, request: str, retries: int) -> Exception:
         tried = f" after {retries} retries" if retries else ""
@@ -404,7 +466,33 @@ class Transport:
             f"Check the network and the base URL ({self.base_url})."
         )
 
-    # -- the one request loop ----------------------------------------------------------------
+    # -- send ----------------------------------------------------------------------------------
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        content: bytes | Callable[[], Iterable[bytes]] | None,
+        headers: Mapping[str, str] | None,
+        authenticate: bool,
+        stream: bool,
+        follow_redirects: bool,
+    ) -> httpx.Response | httpx.TransportError:
+        """One attempt: the answer, or the network error that stopped it."""
+        body = content() if callable(content) else content
+        request = self._http.build_request(method, path, json=json, content=body, headers=headers)
+        try:
+            return self._http.send(
+                request,
+                auth=self._auth if authenticate else None,
+                stream=stream,
+                follow_redirects=follow_redirects,
+            )
+        except httpx.TransportError as exc:
+            return exc
+
+    # -- the request loop: send, classify, wait --------------------------------------------------
     def request(
         self,
         method: str,
@@ -430,55 +518,29 @@ class Transport:
         described = self.describe(method, path)
         retries = 0
         while True:
-            body = content() if callable(content) else content
-            request = self._http.build_request(
-                method, path, json=json, content=body, headers=headers
+            outcome = self._send(
+                method,
+                path,
+                json=json,
+                content=content,
+                headers=headers,
+                authenticate=authenticate,
+                stream=stream,
+                follow_redirects=follow_redirects,
             )
-            try:
-                response = self._http.send(
-                    request,
-                    auth=self._auth if authenticate else None,
-                    stream=stream,
-                    follow_redirects=follow_redirects,
-                )
-            except httpx.TransportError as exc:
-                unsent = isinstance(exc, _UNSENT_ERRORS)
-                if retries < self.max_retries and (unsent or retry == "idempotent"):
-                    retries += 1
-                    self.wait_before_retry(retries, described, type(exc).__name__)
-                    continue
-                error = self._connection_error(exc, described, retries)
-                if not unsent and retry != "idempotent":
-                    raise AmbiguousRequestError(error) from exc
-                raise error from exc
-
-            status = response.status_code
-            if status < 400:
-                return response
-            # x-should-retry is the server's explicit word (Stainless convention) and wins.
-            should = response.headers.get("x-should-retry", "").lower()
-            retryable = self._retryable_status(status, method, retry)
-            if should == "false":
-                retryable = False
-            elif should == "true" and retry == "idempotent":
-                retryable = True
-            if retryable and retries < self.max_retries:
+            if isinstance(outcome, httpx.Response):
+                verdict = self._classify_answer(outcome, method, retry, retries, described)
+                if verdict is None:
+                    return outcome
+            else:
+                verdict = self._classify_failure(outcome, retry, retries, described)
+            if isinstance(verdict, _Retry):
                 retries += 1
-                wait_for = parse_retry_after(response.headers)
-                response.close()
-                self.wait_before_retry(
-                    retries, described, f"{status} {response.reason_phrase}", wait_for
-                )
+                self.wait_before_retry(retries, described, verdict.reason, verdict.retry_after)
                 continue
-            try:
-                if stream:
-                    response.read()
-                error = _api_error(response, described, retries, self.scrub)
-            finally:
-                response.close()
-            if retry != "idempotent" and (status >= 500 or status == 408):
-                raise AmbiguousRequestError(error)
-            raise error
+            if verdict.ambiguous:
+                raise AmbiguousRequestError(verdict.error) from verdict.cause
+            raise verdict.error from verdict.cause
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """:meth:`request` and decode the JSON answer (a clear error if it is not JSON)."""

@@ -124,7 +124,14 @@ class BatchJob:
 
 @dataclass(frozen=True)
 class FileResponse:
-    """A file as ``GET /files/{id}`` describes it."""
+    """A file as ``GET /files/{id}`` describes it.
+
+    ``purpose`` is kept as the server's string, whatever it is (``batch-api`` for inputs,
+    ``batch-generated`` for outputs, or a purpose this library has never heard of).
+    ``processing_status`` (``PENDING|QUEUED|RUNNING|COMPLETED|FAILED|INVALID_FORMAT``) and
+    ``validation_report`` (``valid``, ``error``, ``error_type``, ``nlines``, ...) are None when
+    the server did not send them.
+    """
 
     id: str
     filename: str | None = None
@@ -134,11 +141,23 @@ class FileResponse:
     processed: bool | None = None
     created_at: datetime | None = None
     object: str = "file"
+    processing_status: str | None = None
+    validation_report: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_invalid(self) -> bool:
+        """True when Together's validation rejected the file."""
+        report = self.validation_report
+        return (report is not None and report.get("valid") is False) or (
+            self.processing_status == "INVALID_FORMAT"
+        )
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> FileResponse:
         """Build from the API's JSON (``FileType``/``Processed`` or snake-case spellings)."""
+        report = data.get("validation_report")
+        status = data.get("processing_status")
         return cls(
             id=str(data["id"]),
             filename=data.get("filename"),
@@ -148,6 +167,8 @@ class FileResponse:
             processed=data.get("Processed", data.get("processed")),
             created_at=_parse_time(data.get("created_at")),
             object=str(data.get("object") or "file"),
+            processing_status=str(status).upper() if status else None,
+            validation_report=dict(report) if isinstance(report, dict) else None,
             raw=dict(data),
         )
 

@@ -12,7 +12,8 @@ Or from a shell: ``python -m dagster_together.emulator --port 8765``.
 
 from dagster_together.emulator.faults import Fault
 from dagster_together.emulator.handler import RequestRecord
+from dagster_together.emulator.quirks import Quirks
 from dagster_together.emulator.responder import ERROR_MARKER
 from dagster_together.emulator.server import Emulator
 
-__all__ = ["ERROR_MARKER", "Emulator", "Fault", "RequestRecord"]
+__all__ = ["ERROR_MARKER", "Emulator", "Fault", "Quirks", "RequestRecord"]

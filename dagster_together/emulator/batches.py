@@ -13,6 +13,9 @@ Work happens in two steps so that reads stay fast:
    file: the first ``done_n`` requests in input order (all of them on COMPLETED, the done
    fraction on CANCELLED/EXPIRED), lines shuffled with a seeded RNG. That is byte copying
    only, a fraction of a second for 300,000 lines.
+
+A cancel freezes the done fraction at once; the job answers CANCELING for
+``Quirks.cancel_seconds``, then CANCELLED (the live service's two steps).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, BinaryIO
 
 from dagster_together.emulator.errors import ApiError, bad_request, not_found
 from dagster_together.emulator.files import FileStore
+from dagster_together.emulator.quirks import Quirks
 from dagster_together.emulator.responder import SUPPORTED_ENDPOINTS, Responder
 
 TERMINAL = ("COMPLETED", "FAILED", "EXPIRED", "CANCELLED")
@@ -67,6 +71,9 @@ class BatchRecord:
     offsets: array = field(default_factory=lambda: array("Q", [0]))  # staging byte offset per line
     ok: bytearray = field(default_factory=bytearray)  # 1 = output line, 0 = error line
     validation_error: str | None = None
+    # set by a cancel: when it was asked and how much was done by then
+    canceling_mono: float | None = None
+    cancel_fraction: float = 0.0
     # set once the job is known to be terminal
     status: str | None = None
     completed_wall: float | None = None
@@ -90,8 +97,10 @@ class BatchStore:
         validate_seconds: float,
         run_seconds: float,
         seed: int = 0,
+        quirks: Quirks | None = None,
     ) -> None:
         self._files = files
+        self._quirks = quirks or Quirks()
         self._lock = lock
         self._responder = responder
         self.validate_seconds = validate_seconds
@@ -102,8 +111,12 @@ class BatchStore:
         self._staging_dir.mkdir(exist_ok=True)
 
     # -- API calls -------------------------------------------------------------------------
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /batches``: register the job and start reading its input."""
+    def create(self, body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """``POST /batches``: register the job and start reading its input.
+
+        Returns ``(job, warning)``; ``(None, warning)`` when nothing was created because batch
+        does not serve the model (``Quirks.unbatched_models``).
+        """
         input_file_id = body.get("input_file_id")
         if not isinstance(input_file_id, str) or not input_file_id:
             raise bad_request("'input_file_id' is required", param="input_file_id")
@@ -123,6 +136,14 @@ class BatchStore:
             )
         # 404 for an unknown file, 400 for one whose bytes never arrived.
         handle, size = self._files.open_content(input_file_id)
+        if self._quirks.unbatched_models:
+            model = model_id or _first_model(handle)
+            if model in self._quirks.unbatched_models:
+                handle.close()
+                return None, (
+                    f"Model {model} is not available for batch inference; no batch job was "
+                    "created. Use a model listed for the Batch API."
+                )
         batch_id = str(uuid.uuid4())
         rec = BatchRecord(
             id=batch_id,
@@ -140,7 +161,7 @@ class BatchStore:
         threading.Thread(
             target=self._prepare, args=(rec, handle), name=f"batch-{batch_id[:8]}", daemon=True
         ).start()
-        return job
+        return job, None
 
     def get(self, batch_id: str) -> dict[str, Any]:
         """``GET /batches/{id}``."""
@@ -156,15 +177,17 @@ class BatchStore:
     def cancel(self, batch_id: str) -> dict[str, Any]:
         """``POST /batches/{id}/cancel``: requests already done stay in the output.
 
-        Cancelling a CANCELLED job answers the job again; any other terminal job is a 400.
+        The job answers CANCELING for ``cancel_seconds``, then CANCELLED. Cancelling a
+        CANCELING or CANCELLED job answers the job again; any other terminal job is a 400.
         """
         rec = self._record(batch_id)
         now = time.monotonic()
         with self._lock:
             self._advance(rec, now)
-            if rec.status is None:
-                self._finish(rec, "CANCELLED", now, self._live_fraction(rec, now), None)
-            elif rec.status != "CANCELLED":
+            if rec.status is None and rec.canceling_mono is None:
+                rec.canceling_mono, rec.cancel_fraction = now, self._live_fraction(rec, now)
+                self._advance(rec, now)  # cancel_seconds=0: CANCELLED at once
+            elif rec.status not in (None, "CANCELLED"):
                 raise bad_request(f"Batch job {batch_id} is {rec.status} and cannot be cancelled")
         return self._read(rec)
 
@@ -198,7 +221,7 @@ class BatchStore:
                     fraction = self._live_fraction(rec, now)
                 stale = [fid for fid in (rec.output_file_id, rec.error_file_id) if fid]
                 rec.output_file_id = rec.error_file_id = None
-                rec.status = None
+                rec.status, rec.canceling_mono = None, None
                 self._finish(rec, status, now, fraction, _FORCED_ERRORS.get(status))
         for fid in stale:
             try:
@@ -232,7 +255,14 @@ class BatchStore:
 
     def _advance(self, rec: BatchRecord, now: float) -> None:
         """Under the lock: turn the job terminal if its clock says so."""
-        if rec.status is not None or self._validating(rec, now):
+        if rec.status is not None:
+            return
+        if rec.canceling_mono is not None:
+            ends = rec.canceling_mono + self._quirks.cancel_seconds
+            if now >= ends:
+                self._finish(rec, "CANCELLED", ends, rec.cancel_fraction, None)
+            return
+        if self._validating(rec, now):
             return
         if rec.validation_error:
             self._finish(rec, "FAILED", self._run_start(rec), 0.0, rec.validation_error)
@@ -263,6 +293,8 @@ class BatchStore:
         if rec.status is not None:
             status = rec.status
             progress = 100.0 if status == "COMPLETED" else rec.done_fraction * 100.0
+        elif rec.canceling_mono is not None:
+            status, progress = "CANCELING", rec.cancel_fraction * 100.0
         elif self._validating(rec, now):
             status, progress = "VALIDATING", 0.0
         else:
@@ -409,3 +441,18 @@ class BatchStore:
                 tmp.unlink(missing_ok=True)
                 ids.append(None)
         return ids[0], ids[1]
+
+
+def _first_model(handle: BinaryIO) -> str | None:
+    """``body.model`` of the input's first request (the handle is rewound afterwards)."""
+    try:
+        for raw in handle:
+            if raw.strip():
+                body = json.loads(raw).get("body")
+                model = body.get("model") if isinstance(body, dict) else None
+                return model if isinstance(model, str) else None
+        return None
+    except (ValueError, AttributeError):
+        return None  # a malformed input fails later, in validation
+    finally:
+        handle.seek(0)

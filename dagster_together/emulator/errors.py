@@ -16,7 +16,11 @@ _TYPES = {
 
 
 class ApiError(Exception):
-    """An error answer: HTTP ``status`` with the object-form body Together sends."""
+    """An error answer: HTTP ``status`` with the object-form body Together sends.
+
+    ``string_form=True`` answers ``{"error": "<message>"}`` instead: the form the batch
+    endpoints of the live service use.
+    """
 
     def __init__(
         self,
@@ -27,6 +31,7 @@ class ApiError(Exception):
         param: str | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        string_form: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -35,9 +40,13 @@ class ApiError(Exception):
         self.param = param
         self.extra = extra or {}
         self.headers = headers or {}
+        self.string_form = string_form
 
     def body(self) -> dict[str, Any]:
-        """The JSON body: ``{"error": {"message", "type", "param", "code"}}`` plus any extras."""
+        """The JSON body: ``{"error": {"message", "type", "param", "code"}}`` plus any extras,
+        or ``{"error": "<message>"}`` in the string form."""
+        if self.string_form:
+            return {**self.extra, "error": self.message}
         return {
             **self.extra,
             "error": error_object(self.status, self.message, code=self.code, param=self.param),

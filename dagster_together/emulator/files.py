@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dagster_together.emulator.errors import ApiError, bad_request, not_found
+from dagster_together.emulator.quirks import Quirks
 
 CHUNK = 1024 * 1024
 
@@ -34,9 +36,16 @@ class FileRecord:
     uploaded: bool = False  # bytes are on disk (PUT done or added directly)
     processed: bool = False  # preprocess called (or added directly)
     upload_token: str | None = None
+    validation_report: dict[str, Any] | None = None  # set by preprocess with validate_uploads
 
     def to_json(self) -> dict[str, Any]:
         """The FileResponse shape (Together spells ``FileType`` and ``Processed`` this way)."""
+        report = self.validation_report
+        if report is not None and not report["valid"]:
+            status = "INVALID_FORMAT"
+        else:
+            status = "COMPLETED" if self.processed else "PENDING"
+        extra = {} if report is None else {"validation_report": report}
         return {
             "id": self.id,
             "object": "file",
@@ -46,7 +55,8 @@ class FileRecord:
             "purpose": self.purpose,
             "FileType": self.file_type,
             "Processed": self.processed,
-            "processing_status": "COMPLETED" if self.processed else "PENDING",
+            "processing_status": status,
+            **extra,
         }
 
 
@@ -63,8 +73,9 @@ def new_file_id() -> str:
 class FileStore:
     """Thread-safe store of file records; the bytes live in ``root``."""
 
-    def __init__(self, root: Path, lock: threading.RLock) -> None:
+    def __init__(self, root: Path, lock: threading.RLock, quirks: Quirks | None = None) -> None:
         self.root = root
+        self._quirks = quirks or Quirks()
         self._lock = lock
         self._files: dict[str, FileRecord] = {}
         root.mkdir(parents=True, exist_ok=True)
@@ -163,14 +174,23 @@ class FileStore:
             tmp.unlink(missing_ok=True)
 
     def preprocess(self, file_id: str) -> dict[str, Any]:
-        """Mark an uploaded file processed and return its FileResponse."""
+        """Mark an uploaded file processed and return its FileResponse.
+
+        With ``Quirks.validate_uploads`` a ``batch-api`` file is checked first and the answer
+        carries its ``validation_report`` (``processing_status: "INVALID_FORMAT"`` when bad).
+        """
         with self._lock:
             rec = self.get(file_id)
             if not rec.uploaded:
                 raise bad_request(
                     f"File {file_id} has no content yet: PUT it to the upload URL first"
                 )
-            rec.processed = True
+        report = None
+        if self._quirks.validate_uploads and rec.purpose == "batch-api":
+            report = {"file_id": file_id, **_validate_batch_input(rec.path)}
+        with self._lock:
+            rec.validation_report = report
+            rec.processed = report is None or bool(report["valid"])
             return rec.to_json()
 
     def store_bytes(self, *, purpose: str, filename: str, data: bytes) -> dict[str, Any]:
@@ -234,3 +254,29 @@ class FileStore:
                 raise not_found("File", file_id)
             rec.path.unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
+
+
+def _validate_batch_input(path: Path) -> dict[str, Any]:
+    """The ``validation_report`` fields of a batch input: each line a JSON object with a
+    ``custom_id`` and a ``body``."""
+    nlines = 0
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            nlines += 1
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                return _invalid(f"Line {lineno} is not valid JSON", nlines)
+            if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+                return _invalid(f"Line {lineno} has no 'custom_id' string", nlines)
+            if not isinstance(obj.get("body"), dict):
+                return _invalid(f"Line {lineno} has no 'body' object", nlines)
+    if not nlines:
+        return _invalid("The file holds no requests", 0)
+    return {"valid": True, "nlines": nlines}
+
+
+def _invalid(error: str, nlines: int) -> dict[str, Any]:
+    return {"valid": False, "error": error, "error_type": "INVALID_FORMAT", "nlines": nlines}

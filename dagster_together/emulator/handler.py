@@ -20,6 +20,7 @@ from dagster_together.emulator.batches import BatchStore
 from dagster_together.emulator.errors import ApiError, bad_request, error_object
 from dagster_together.emulator.faults import Fault, FaultSet, make_fault
 from dagster_together.emulator.files import FileStore
+from dagster_together.emulator.quirks import Quirks
 
 log = logging.getLogger("dagster_together.emulator")
 
@@ -49,6 +50,7 @@ class Service:
     faults: FaultSet
     api_key: str | None
     add_file: Callable[..., str]
+    quirks: Quirks = field(default_factory=Quirks)
     _records: list[RequestRecord] = field(default_factory=list)
     _records_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -351,7 +353,12 @@ class Handler(BaseHTTPRequestHandler):
                 )
         for method, pattern, name in _ROUTES:
             if method == self.command and (m := pattern.fullmatch(path)):
-                return getattr(self, f"_{name}")(svc, **m.groupdict())
+                try:
+                    return getattr(self, f"_{name}")(svc, **m.groupdict())
+                except ApiError as err:
+                    # The live batch endpoints answer their own errors in the string form.
+                    err.string_form = name.startswith("batches_") and svc.quirks.string_batch_errors
+                    raise
         raise ApiError(404, f"Unknown request URL: {self.command} {path}", code="not_found")
 
     def _send(self, resp: Response, fault: Fault | None) -> None:
@@ -488,12 +495,12 @@ class Handler(BaseHTTPRequestHandler):
     def _files_content(self, svc: Service, file_id: str) -> Response:
         filename = svc.files.get(file_id).filename
         handle, size = svc.files.open_content(file_id)
-        headers = {
-            "Accept-Ranges": "bytes",
-            "Content-Disposition": f'attachment; filename="{filename}"',
-        }
+        headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+        if svc.quirks.honour_range:
+            headers["Accept-Ranges"] = "bytes"
         try:
-            rng = parse_range(self.headers.get("Range"), size)
+            # A server that ignores Range answers the whole file with 200 (RFC 9110 allows it).
+            rng = parse_range(self.headers.get("Range"), size) if svc.quirks.honour_range else None
         except ApiError:
             handle.close()
             raise
@@ -518,11 +525,14 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- batches -----------------------------------------------------------------------------
     def _batches_create(self, svc: Service) -> Response:
-        job = svc.batches.create(self._json())
-        return json_response(201, {"job": job, "warning": None})
+        job, warning = svc.batches.create(self._json())
+        # Nothing created (a model batch does not serve): no job, only the warning.
+        return json_response(201 if job is not None else 200, {"job": job, "warning": warning})
 
     def _batches_list(self, svc: Service) -> Response:
-        return json_response(200, svc.batches.list())
+        jobs = svc.batches.list()
+        # The live service answers `null`, not `[]`, for an account without batches.
+        return json_response(200, None if not jobs and svc.quirks.null_empty_list else jobs)
 
     def _batches_get(self, svc: Service, batch_id: str) -> Response:
         return json_response(200, svc.batches.get(batch_id))

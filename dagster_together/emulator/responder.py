@@ -80,6 +80,19 @@ def _word_count(text: str) -> int:
     return len(text.split())
 
 
+def _cut_to_max_tokens(content: str, body: dict[str, Any]) -> tuple[str, str]:
+    """``(content, finish_reason)``: the first ``max_tokens`` tokens (words, here) and
+    ``"length"`` when the answer is longer, else the whole answer and ``"stop"``."""
+    limit = body.get("max_tokens")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        return content, "stop"
+    words = content.split()
+    if len(words) <= limit:
+        return content, "stop"
+    lead = " " if content.startswith(" ") else ""  # a completion's text keeps its leading space
+    return lead + " ".join(words[:limit]), "length"
+
+
 def sentiment(text: str) -> str:
     """``positive``/``negative``/``neutral`` from a tiny word lexicon (deterministic)."""
     words = _WORD.findall(text.lower())
@@ -168,10 +181,10 @@ class Responder:
             )
             self._maybe_fail(custom_id, last_user)
             prompt_tokens = sum(map(_word_count, texts)) + 3 * len(texts)
-            content = answer(last_user, " ".join(texts))
+            content, finish = _cut_to_max_tokens(answer(last_user, " ".join(texts)), body)
             choice = (
                 f'{{"index": 0, "message": {{"role": "assistant", "content": {_quote(content)}}}, '
-                f'"finish_reason": "stop", "logprobs": null}}'
+                f'"finish_reason": "{finish}", "logprobs": null}}'
             )
             kind = "chat.completion"
         elif endpoint == COMPLETIONS_ENDPOINT:
@@ -182,8 +195,8 @@ class Responder:
                 raise RequestFailure("'prompt' must be a string", "invalid_request_error")
             self._maybe_fail(custom_id, prompt)
             prompt_tokens = _word_count(prompt)
-            content = " " + answer(prompt)
-            choice = f'{{"index": 0, "text": {_quote(content)}, "finish_reason": "stop", "logprobs": null}}'
+            content, finish = _cut_to_max_tokens(" " + answer(prompt), body)
+            choice = f'{{"index": 0, "text": {_quote(content)}, "finish_reason": "{finish}", "logprobs": null}}'
             kind = "text_completion"
         else:  # audio: the reply is a transcript; there is no prompt to echo
             source = str(body.get("file", ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -14,6 +15,7 @@ from dagster_together.emulator.errors import ApiError
 from dagster_together.emulator.faults import Fault, FaultSet, make_fault
 from dagster_together.emulator.files import FileStore
 from dagster_together.emulator.handler import EmulatorHTTPServer, RequestRecord, Service
+from dagster_together.emulator.quirks import Quirks
 from dagster_together.emulator.responder import Responder
 
 
@@ -29,6 +31,10 @@ class Emulator:
     ``api_key=None`` accepts any key or none. Files live in ``data_dir`` (a temporary
     directory, removed on :meth:`close`, when not given). State survives :meth:`stop` /
     :meth:`start`, which reuse the same port.
+
+    The live service's quirks are switches (see :class:`~dagster_together.emulator.quirks.Quirks`
+    for each): ``cancel_seconds`` (CANCELING before CANCELLED), ``null_empty_list``,
+    ``string_batch_errors``, ``honour_range``, ``unbatched_models``, ``validate_uploads``.
     """
 
     def __init__(
@@ -42,8 +48,22 @@ class Emulator:
         *,
         host: str = "127.0.0.1",
         seed: int = 0,
+        cancel_seconds: float = Quirks.cancel_seconds,
+        null_empty_list: bool = Quirks.null_empty_list,
+        string_batch_errors: bool = Quirks.string_batch_errors,
+        honour_range: bool = Quirks.honour_range,
+        unbatched_models: Iterable[str] = (),
+        validate_uploads: bool = Quirks.validate_uploads,
     ) -> None:
         self.api_key = api_key
+        self.quirks = Quirks(
+            cancel_seconds=cancel_seconds,
+            null_empty_list=null_empty_list,
+            string_batch_errors=string_batch_errors,
+            honour_range=honour_range,
+            unbatched_models=frozenset(unbatched_models),
+            validate_uploads=validate_uploads,
+        )
         self.host = host
         self._port = port
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -53,7 +73,7 @@ class Emulator:
         self.data_dir = Path(data_dir)
         # One lock for files and batches: their records refer to each other.
         lock = threading.RLock()
-        self._files = FileStore(self.data_dir / "files", lock)
+        self._files = FileStore(self.data_dir / "files", lock, self.quirks)
         self._batches = BatchStore(
             self._files,
             lock,
@@ -61,6 +81,7 @@ class Emulator:
             validate_seconds=validate_seconds,
             run_seconds=run_seconds,
             seed=seed,
+            quirks=self.quirks,
         )
         self._faults = FaultSet()
         self._service = Service(
@@ -69,6 +90,7 @@ class Emulator:
             faults=self._faults,
             api_key=api_key,
             add_file=self.add_file,
+            quirks=self.quirks,
         )
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
