@@ -6,36 +6,5 @@ The plain-Python layer (client, request builder, join) raises these; inside a Da
 reach the UI as one ``dg.Failure`` whose first line is the message, with the exception below.
 """
 
-from dagster_together.client.errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    DownloadError,
-    InputFileNotFoundError,
-    InvalidRequestFileError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    TogetherError,
-)
-
-__all__ = [
-    "APIConnectionError",
-    "APIError",
-    "APITimeoutError",
-    "AuthenticationError",
-    "BadRequestError",
-    "ConflictError",
-    "DownloadError",
-    "InputFileNotFoundError",
-    "InvalidRequestFileError",
-    "NotFoundError",
-    "PermissionDeniedError",
-    "RateLimitError",
-    "ServerError",
-    "TogetherError",
-]
+from dagster_together.client.errors import *  # noqa: F403
+from dagster_together.client.errors import __all__ as __all__

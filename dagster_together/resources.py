@@ -76,7 +76,7 @@ class TogetherResource(dg.ConfigurableResource):
         default=None,
         description=(
             "API base URL, with or without the /v1 path. Unset: the TOGETHER_BASE_URL "
-            "environment variable, else https://api.together.xyz/v1."
+            "environment variable, else https://api.together.ai/v1."
         ),
     )
     timeout: float = Field(

@@ -45,7 +45,7 @@ def test_defaults_come_from_the_environment(
     monkeypatch.setenv("TOGETHER_BASE_URL", emulator.base_url)
     assert TogetherResource().batches.list_batches() == []
     monkeypatch.delenv("TOGETHER_BASE_URL")
-    assert TogetherResource().get_client().base_url == "https://api.together.xyz/v1"
+    assert TogetherResource().get_client().base_url == "https://api.together.ai/v1"
 
 
 def test_make_client_overrides_and_is_not_cached(api_key: str) -> None:
