@@ -276,8 +276,10 @@ def test_materialize_button_through_graphql_submits_one_batch(
         assert instance.get_dynamic_partitions("docs_batches") == [batch["id"]]
 
 
-def _launch(webserver: Webserver, assets: list[list[str]]) -> str:
-    """The Materialize button on ``assets``; the new run's id."""
+def _launch(
+    webserver: Webserver, assets: list[list[str]], checks: list[tuple[list[str], str]] = ()
+) -> str:
+    """The Materialize button on ``assets`` (and their ``checks``, as the UI adds them)."""
     launched = webserver.graphql(
         LAUNCH_MUTATION,
         {
@@ -290,7 +292,9 @@ def _launch(webserver: Webserver, assets: list[list[str]]) -> str:
                     "repositoryName": "__repository__",
                     "pipelineName": "__ASSET_JOB",
                     "assetSelection": [{"path": path} for path in assets],
-                    "assetCheckSelection": [],
+                    "assetCheckSelection": [
+                        {"assetKey": {"path": path}, "name": name} for path, name in checks
+                    ],
                 },
             }
         },
@@ -316,7 +320,12 @@ def test_terminating_a_run_that_waits_cancels_its_batch_when_asked(
     webserver: Webserver, project: dict[str, Any], name: str, cancels: bool
 ) -> None:
     emu = project["emulator"]
-    run_id = _launch(webserver, [["prompts"], [f"{name}_results"]])
+    results = [f"{name}_results"]
+    run_id = _launch(
+        webserver,
+        [["prompts"], results],
+        checks=[(results, "completeness"), (results, "error_rate")],
+    )
     # The run is polling a batch that stays IN_PROGRESS (the slow emulator never ends it).
     deadline = time.monotonic() + 90
     while not emu.batches():
