@@ -27,13 +27,12 @@ import logging
 import os
 import posixpath
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.storage import PendingFile, commit_all, filesystem, join, open_pending
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -384,7 +383,7 @@ def check_request_file(
         )
     _check_endpoint(endpoint, name)
     state = _FileState(name, endpoint, require_single_model, max_lines, max_bytes)
-    fs, fs_path = _filesystem(name, storage_options)
+    fs, fs_path = filesystem(name, storage_options)
     try:
         is_file = fs.isfile(fs_path)
     except OSError:
@@ -766,84 +765,11 @@ def _check_schema() -> pa.Schema:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# fsspec helpers
-# --------------------------------------------------------------------------------------------
-def _filesystem(location: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    import fsspec.core
-
-    return fsspec.core.url_to_fs(location, **dict(storage_options or {}))
-
-
 def _isdir(fs: Any, path: str) -> bool:
     try:
         return bool(fs.isdir(path))
     except OSError:
         return False
-
-
-def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocol or "local" in protocol
-
-
-def _parent(location: str) -> str:
-    """The directory (or URL prefix) holding ``location``."""
-    if "://" in location:
-        return location.rstrip("/").rsplit("/", 1)[0]
-    return os.path.dirname(os.path.abspath(location))
-
-
-def _join(location: str, name: str) -> str:
-    """``location/name`` for a local directory or a URL, keeping the form the user gave."""
-    if "://" in location:
-        return location.rstrip("/") + "/" + name
-    return os.path.join(location, name)
-
-
-class _Staging:
-    """Files written to a local temporary place, then published all at once.
-
-    For a local destination the staging directory sits inside the destination (same filesystem),
-    so publishing is one ``os.replace`` per file. For object stores it is a local temporary
-    directory and publishing is one upload (a single PUT or multipart upload) per file: nothing
-    appears at the destination before every file is complete.
-    """
-
-    def __init__(self, destination: str, storage_options: Mapping[str, Any] | None) -> None:
-        self.destination = destination
-        self.fs, self.root = _filesystem(destination, storage_options)
-        self.local = _is_local(self.fs)
-        if self.local:
-            os.makedirs(self.root, exist_ok=True)
-            self.dir = tempfile.mkdtemp(prefix=".staging-", dir=self.root)
-        else:
-            self.dir = tempfile.mkdtemp(prefix="dagster-together-")
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.dir, name)
-
-    def publish(self, names: list[str]) -> None:
-        done: list[str] = []
-        try:
-            for name in names:
-                target = self.root.rstrip("/") + "/" + name
-                if self.local:
-                    os.replace(self.path(name), os.path.join(self.root, name))
-                else:
-                    self.fs.put_file(self.path(name), target)
-                done.append(target)
-        except BaseException:
-            if not self.local:  # best effort: leave no half set behind
-                for target in done:
-                    try:
-                        self.fs.rm_file(target)
-                    except Exception:  # noqa: BLE001 - the original error matters more
-                        logger.warning("Could not remove %s after a failed upload", target)
-            raise
-
-    def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,7 +790,7 @@ class _Source:
         if isinstance(source, (str, os.PathLike)):
             location = str(os.fspath(source))
             self.name = location
-            fs, path = _filesystem(location, storage_options)
+            fs, path = filesystem(location, storage_options)
             if not fs.exists(path):
                 raise InvalidRequestFileError(f"{location}: does not exist; check the path.")
             kind = _sniff(fs, path)
@@ -1177,9 +1103,8 @@ def write_request_chunks(
         label="request #{}".format,
         ref="request #{}".format,
     )
-    staging = _Staging(destination, storage_options)
+    writer = _ChunkWriter(destination, storage_options, prefix, max_requests, max_bytes)
     try:
-        writer = _ChunkWriter(staging, prefix, max_requests, max_bytes)
         for pos, request in enumerate(requests, start=1):
             if not isinstance(request, Mapping):
                 raise InvalidRequestFileError(
@@ -1206,13 +1131,11 @@ def write_request_chunks(
                     f"max_bytes={max_bytes:,}; shorten the request."
                 )
             writer.add(data, custom_id, model)
-        chunks = writer.finish()
-        names = [posixpath.basename(c.path) for c in chunks]
-        staging.publish(names)
-        _remove_stale(staging, prefix, len(chunks))
+        result = writer.finish()
+        commit_all(writer.files)
     finally:
-        staging.close()
-    result = [replace(c, path=_join(destination, posixpath.basename(c.path))) for c in chunks]
+        writer.abort()  # after a failure: every file; after the commit: nothing
+    _remove_stale(destination, storage_options, prefix, len(result))
     logger.info(
         "Wrote %s requests in %s file(s) to %s",
         sum(c.n_requests for c in result),
@@ -1223,28 +1146,40 @@ def write_request_chunks(
 
 
 class _ChunkWriter:
-    def __init__(self, staging: _Staging, prefix: str, max_requests: int, max_bytes: int) -> None:
-        self.staging = staging
+    """Cuts the request lines into files; each is a pending file, published by the caller once
+    every request passed (staged locally for object stores, so nothing is sent before)."""
+
+    def __init__(
+        self,
+        destination: str,
+        storage_options: Mapping[str, Any] | None,
+        prefix: str,
+        max_requests: int,
+        max_bytes: int,
+    ) -> None:
+        self.destination = destination
+        self.storage_options = storage_options
         self.prefix = prefix
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.chunks: list[RequestChunk] = []
-        self.handle: Any = None
+        self.files: list[PendingFile] = []
+        self.handle: PendingFile | None = None
 
     def _open(self) -> None:
-        self.name = f"{self.prefix}-{len(self.chunks):05d}.jsonl"
-        self.handle = open(self.staging.path(self.name), "wb")  # noqa: SIM115 - closed in _close
+        self.path = join(self.destination, f"{self.prefix}-{len(self.chunks):05d}.jsonl")
+        self.handle = open_pending(self.path, self.storage_options, stage_locally=True)
+        self.files.append(self.handle)
         self.digest = hashlib.sha256()
         self.n = self.size = 0
         self.first = self.last = ""
         self.models: dict[str, None] = {}
 
     def _close(self) -> None:
-        self.handle.close()
         self.handle = None
         self.chunks.append(
             RequestChunk(
-                path=self.name,
+                path=self.path,
                 n_requests=self.n,
                 n_bytes=self.size,
                 sha256=self.digest.hexdigest(),
@@ -1262,6 +1197,7 @@ class _ChunkWriter:
         if self.handle is None:
             self._open()
             self.first = custom_id
+        assert self.handle is not None
         self.handle.write(data)
         self.digest.update(data)
         self.n += 1
@@ -1274,13 +1210,19 @@ class _ChunkWriter:
             self._close()
         return self.chunks
 
+    def abort(self) -> None:
+        for pending in self.files:
+            pending.abort()
 
-def _remove_stale(staging: _Staging, prefix: str, keep: int) -> None:
+
+def _remove_stale(
+    destination: str, storage_options: Mapping[str, Any] | None, prefix: str, keep: int
+) -> None:
     """Remove ``{prefix}-NNNNN.jsonl`` files numbered ``keep`` and above (an older, longer set)."""
     pattern = re.compile(rf"{re.escape(prefix)}-(\d{{5}})\.jsonl")
-    fs, root = staging.fs, staging.root.rstrip("/")
+    fs, root = filesystem(destination, storage_options)
     try:
-        listing = fs.ls(root, detail=False)
+        listing = fs.ls(root.rstrip("/"), detail=False)
     except FileNotFoundError:
         return
     for entry in listing:
@@ -1360,11 +1302,7 @@ def write_input_columns(
         source, id_column=id_column, columns=columns, storage_options=storage_options
     )
     location = str(os.fspath(destination))
-    staging = _Staging(_parent(location), storage_options)
-    try:
-        name = posixpath.basename(location.rstrip("/"))
-        pq.write_table(table, staging.path(name))
-        staging.publish([name])
-    finally:
-        staging.close()
+    with open_pending(location, storage_options, stage_locally=True) as pending:
+        assert pending.local_path is not None  # always, with stage_locally
+        pq.write_table(table, pending.local_path)
     return location

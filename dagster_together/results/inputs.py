@@ -14,7 +14,6 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
-from dagster_together.requests import _filesystem
 from dagster_together.results import blocks
 from dagster_together.results.arrow import (
     _bool,
@@ -38,6 +37,7 @@ from dagster_together.results.blocks import (
     _text,
 )
 from dagster_together.results.outputs import RESULT_COLUMNS
+from dagster_together.storage import filesystem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -192,7 +192,7 @@ def _load_table(source: Any, opts: dict[str, Any]) -> pa.Table:
     from dagster_together.requests import _to_arrow_table
 
     if isinstance(source, (str, os.PathLike)):
-        fs, path = _filesystem(str(os.fspath(source)), opts)
+        fs, path = filesystem(str(os.fspath(source)), opts)
         return pq.read_table(path, filesystem=fs)
     return _to_arrow_table(source)
 
@@ -217,7 +217,7 @@ def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
     jsonl: list[str] = []
     parquet: list[str] = []
     for location in locations:
-        fs, path = _filesystem(location, opts)
+        fs, path = filesystem(location, opts)
         if not fs.exists(path):
             raise InvalidRequestFileError(f"{location}: does not exist; check the inputs location.")
         from dagster_together.requests import _sniff
@@ -278,7 +278,7 @@ def _request_files(
     schema = _request_schema()
     with ipc.new_stream(ins.spill, _request_columns_schema()) as writer:
         for location in locations:
-            fs, path = _filesystem(location, opts)
+            fs, path = filesystem(location, opts)
 
             # Background threads read, parse and extract; this one spills and keeps ids.
             def extract(b: _Block, location: str = location) -> list[pa.Table]:

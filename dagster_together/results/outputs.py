@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import TogetherError
-from dagster_together.requests import _filesystem, _json_type
+from dagster_together.requests import _json_type
 from dagster_together.results import blocks
 from dagster_together.results.arrow import _bool, _first_element, _int, _null, _str
 from dagster_together.results.blocks import (
@@ -27,6 +27,7 @@ from dagster_together.results.blocks import (
     _Prefetcher,
     _text,
 )
+from dagster_together.storage import filesystem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -169,7 +170,7 @@ def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -
 
     def located_blocks() -> Iterator[tuple[str, _Block]]:
         for location in locations:
-            fs, path = _filesystem(location, opts)
+            fs, path = filesystem(location, opts)
             if not fs.exists(path):
                 raise FileNotFoundError(
                     f"{location}: does not exist; check the outputs/errors location."
