@@ -11,6 +11,7 @@ import pytest
 
 from dagster_together import requests as rq
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.requests import check as rq_check
 from dagster_together.requests import check_request_file
 from tests.helpers import MODEL, jsonl
 from tests.helpers import request_line as line
@@ -148,7 +149,7 @@ BAD_FILES: list[tuple[str, bytes, dict[str, Any], list[str]]] = [
 def read_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run each case with the normal read size and with reads of a few bytes (block edges)."""
     if request.param == "tiny-reads":
-        monkeypatch.setattr(rq, "_READ_SIZE", 7)
+        monkeypatch.setattr(rq_check, "_READ_SIZE", 7)
     return str(request.param)
 
 
@@ -246,7 +247,7 @@ def test_valid_blocks_take_the_vectorised_path(
     def exact(self: Any, block: bytes) -> None:
         raise AssertionError("line-by-line path used for a valid block")
 
-    monkeypatch.setattr(rq._FileState, "_exact", exact)
+    monkeypatch.setattr(rq_check._FileState, "_exact", exact)
     path = tmp_path / "requests.jsonl"
     path.write_bytes(jsonl(*(line(f"r{i}", url="/v1/chat/completions") for i in range(1000))))
     assert check_request_file(path).n_lines == 1000
@@ -263,9 +264,9 @@ def test_nonfinite_guard_finds_every_token_spelling() -> None:
     for token in ("NaN", "-NaN", "Inf", "-Inf", "Infinity", "-Infinity"):
         for value in (f"{token}", f" {token}", f"[1,\t{token}]", f"[{token}]"):
             block = f'{{"custom_id": "a", "body": {{"model": "m", "t": {value}}}}}\n'.encode()
-            assert rq._may_hold_nonfinite(block, len(block)), value
+            assert rq_check._may_hold_nonfinite(block, len(block)), value
     block = b'{"custom_id": "Inf", "body": {"model": "NaN", "t": "x NaN"}}\n'
-    assert not rq._may_hold_nonfinite(block, len(block))
+    assert not rq_check._may_hold_nonfinite(block, len(block))
 
 
 # ------------------------------------------------------------------------------------------

@@ -189,12 +189,12 @@ def _free_name(name: str, taken: Iterable[str]) -> str:
 def _load_table(source: Any, opts: dict[str, Any]) -> pa.Table:
     import pyarrow.parquet as pq
 
-    from dagster_together.requests import _to_arrow_table
+    from dagster_together.requests.table import to_arrow_table
 
     if isinstance(source, (str, os.PathLike)):
         fs, path = filesystem(str(os.fspath(source)), opts)
         return pq.read_table(path, filesystem=fs)
-    return _to_arrow_table(source)
+    return to_arrow_table(source)
 
 
 def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
@@ -220,9 +220,9 @@ def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
         fs, path = filesystem(location, opts)
         if not fs.exists(path):
             raise InvalidRequestFileError(f"{location}: does not exist; check the inputs location.")
-        from dagster_together.requests import _sniff
+        from dagster_together.requests.table import sniff_format
 
-        (parquet if _sniff(fs, path) == "parquet" else jsonl).append(location)
+        (parquet if sniff_format(fs, path) == "parquet" else jsonl).append(location)
     if parquet and jsonl:
         raise InvalidRequestFileError(
             f"inputs: mixes Parquet ({parquet[0]}) and JSONL ({jsonl[0]}); give one kind."

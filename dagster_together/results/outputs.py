@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import TogetherError
-from dagster_together.requests import _json_type
+from dagster_together.requests.rules import json_type
 from dagster_together.results import blocks
 from dagster_together.results.arrow import _bool, _first_element, _int, _null, _str
 from dagster_together.results.blocks import (
@@ -310,7 +310,7 @@ def _result_block_slow(block: _Block, location: str, report: _Report | _BadLines
             report.bad_line(location, line_no, reason)
             continue
         if not isinstance(obj, dict):
-            report.bad_line(location, line_no, f"is a JSON {_json_type(obj)}, not an object")
+            report.bad_line(location, line_no, f"is a JSON {json_type(obj)}, not an object")
             continue
         row = _extract_one(obj)
         if row is None:
