@@ -386,8 +386,16 @@ def test_build_with_body_as_json_string_and_int_ids() -> None:
         ({"x": [1]}, {}, "has no 'custom_id' and 'body' columns"),
         ({"id": [1], "text": ["t"]}, {"template": TEMPLATE}, "pass id_column="),
         ({"id": [1], "txt": ["t"]}, {"template": TEMPLATE, "id_column": "id"}, "no column 'text'"),
-        ({"id": [1, None], "text": ["t", "u"]}, {"template": TEMPLATE, "id_column": "id"}, "row 1"),
-        ({"id": [1, 2], "text": ["t", None]}, {"template": TEMPLATE, "id_column": "id"}, "null"),
+        (
+            {"id": [1, None], "text": ["t", "u"]},
+            {"template": TEMPLATE, "id_column": "id"},
+            "row 2: the id column 'id' is null",
+        ),
+        (
+            {"id": [1, 2], "text": ["t", None]},
+            {"template": TEMPLATE, "id_column": "id"},
+            r"row 2: the prompt column 'text' is null \(id '2'\)",
+        ),
         ({"custom_id": ["a"], "body": ["{not json"]}, {}, "not valid JSON"),
     ],
 )
@@ -485,6 +493,59 @@ def test_ids_unique_across_chunks_and_nothing_written_on_failure(tmp_path: Path)
     ):
         rq.write_request_chunks(reqs, dest, max_requests=10)
     assert list(dest.iterdir()) == []  # no chunk, no staging directory
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            {"review_id": ["r1", "r2", "r1"], "text": ["a", "b", "c"]},
+            "table: review_id 'r1' appears twice: rows 1 and 3; every row needs its own review_id",
+        ),
+        (
+            {"review_id": ["r1", "x" * 65], "text": ["a", "b"]},
+            "table, row 2: review_id 'xxx",
+        ),
+        (
+            {"review_id": ["r1", ""], "text": ["a", "b"]},
+            "table, row 2: the id column 'review_id' is empty",
+        ),
+    ],
+    ids=["duplicate", "too-long", "empty"],
+)
+def test_errors_about_ids_built_from_a_table_name_the_column_and_row(
+    tmp_path: Path, rows: dict[str, list[Any]], message: str
+) -> None:
+    """The user thinks of their id column and their rows (1-based), not of custom_id and
+    request numbers."""
+    import pyarrow as pa
+
+    built = rq.build_requests(pa.table(rows), template=TEMPLATE, id_column="review_id")
+    with pytest.raises(InvalidRequestFileError) as caught:
+        rq.write_request_chunks(built, tmp_path / "out", max_requests=2)
+    assert str(caught.value).startswith(message)
+    assert "custom_id 'r" not in str(caught.value) and "request #" not in str(caught.value)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_errors_built_from_a_jsonl_table_name_its_lines(tmp_path: Path) -> None:
+    source = tmp_path / "reviews.jsonl"
+    rows = [{"review_id": "r1", "text": "a"}, {"review_id": "r2", "text": "b"}]
+    source.write_text("\n".join(json.dumps(r) for r in [*rows, {}, rows[0]]).replace("{}", ""))
+    built = rq.build_requests(source, template=TEMPLATE, id_column="review_id")
+    with pytest.raises(
+        InvalidRequestFileError, match=r"review_id 'r1' appears twice: lines 1 and 4"
+    ):
+        rq.write_request_chunks(built, tmp_path / "out")
+
+
+def test_prebuilt_table_rows_keep_the_custom_id_wording(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    body = json.dumps({"model": MODEL})
+    table = pa.table({"custom_id": ["a", "b", "a"], "body": [body] * 3})
+    with pytest.raises(InvalidRequestFileError, match=r"custom_id 'a' appears twice: rows 1 and 3"):
+        rq.write_request_chunks(rq.build_requests(table), tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from dagster_together.requests.rules import (
     _Rules,
     check_endpoint,
 )
+from dagster_together.requests.table import TableRequests
 from dagster_together.storage import PendingFile, commit_all, filesystem, join, open_pending
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,15 +106,20 @@ def write_request_chunks(
         raise ValueError(f"prefix={prefix!r} may only hold letters, digits, '.', '_' and '-'.")
     destination = str(os.fspath(destination))
     check_endpoint(endpoint, "write_request_chunks")
+    # Requests built from the user's table: messages name its rows and id column.
+    built = requests if isinstance(requests, TableRequests) else None
     rules = _Rules(
         endpoint=endpoint,
         require_single_model=require_single_model,
         label="request #{}".format,
         ref="request #{}".format,
+        rows=built.naming if built is not None else None,
     )
     writer = _ChunkWriter(destination, storage_options, prefix, max_requests, max_bytes)
     try:
         for pos, request in enumerate(requests, start=1):
+            if built is not None:
+                pos = built.position
             if not isinstance(request, Mapping):
                 raise InvalidRequestFileError(
                     f"request #{pos}: is a {type(request).__name__}, not a mapping like "
@@ -128,15 +134,15 @@ def write_request_chunks(
                 )
             except (TypeError, ValueError) as exc:
                 raise InvalidRequestFileError(
-                    f"request #{pos}: custom_id {custom_id!r} has a body that is not "
+                    f"{rules.label(pos)}: {rules.subject(custom_id)} has a body that is not "
                     f"JSON-serialisable ({exc}); convert such values (dates, decimals, NaN, "
                     "numpy numbers) to plain strings or numbers first."
                 ) from None
             data = text.encode("utf-8") + b"\n"
             if len(data) > max_bytes:
                 raise InvalidRequestFileError(
-                    f"request #{pos}: custom_id {custom_id!r} is {len(data):,} bytes as JSON, over "
-                    f"max_bytes={max_bytes:,}; shorten the request."
+                    f"{rules.label(pos)}: {rules.subject(custom_id)} is {len(data):,} bytes as JSON, "
+                    f"over max_bytes={max_bytes:,}; shorten the request."
                 )
             writer.add(data, custom_id, model)
         result = writer.finish()

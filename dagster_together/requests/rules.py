@@ -44,6 +44,25 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+class RowNaming:
+    """How messages name a request built from a row of the user's table: by the table, the row
+    (1-based; the line, for a JSONL file) and the user's id column, which is what the user
+    knows, rather than by request number and ``custom_id``. Filled in as the table is read."""
+
+    def __init__(self, source: str = "table", column: str = "custom_id", unit: str = "row") -> None:
+        self.source = source
+        self.column = column
+        self.unit = unit
+
+    def where(self, pos: int) -> str:
+        """The full position: ``reviews.parquet, row 7``."""
+        return f"{self.source}, {self.unit} {pos}"
+
+    def ref(self, pos: int) -> str:
+        """A second position in the same message: ``row 7``."""
+        return f"{self.unit} {pos}"
+
+
 class _Rules:
     """Per-request checks plus the cross-request state (ids seen, models, endpoint)."""
 
@@ -54,6 +73,7 @@ class _Rules:
         require_single_model: bool,
         label: Callable[[int], str],
         ref: Callable[[int], str],
+        rows: RowNaming | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.require_single_model = require_single_model
@@ -61,9 +81,17 @@ class _Rules:
         # ``label`` for a message: 50,000 f-strings per file would cost more than the checks.
         self.label = label  # full position: "in.jsonl, line 7"
         self.ref = ref  # short position for a second line in one message: "line 7"
+        self.rows = rows  # requests built from a table: positions are its rows
+        if rows is not None:
+            self.label, self.ref = rows.where, rows.ref
         self.seen: dict[str, int] = {}  # custom_id -> position of its first appearance
         self.models: dict[str, int] = {}  # model -> position of its first appearance (ordered)
         self.url: tuple[str, int] | None = None  # (url, position) of the first line with a url
+
+    def subject(self, custom_id: str) -> str:
+        """The request as messages name it: ``custom_id 'r7'``, or ``review_id 'r7'`` for a row."""
+        column = self.rows.column if self.rows is not None else "custom_id"
+        return f"{column} {custom_id!r}"
 
     def check_object(self, obj: Any, pos: int) -> tuple[str, str, str | None]:
         """Check one parsed request; return (custom_id, model, url). Raises on the first fault."""
@@ -90,36 +118,43 @@ class _Rules:
                 f"string; write it as a JSON string{example}."
             )
         if not custom_id:
+            if self.rows is not None:
+                raise InvalidRequestFileError(
+                    f"{where}: the id column {self.rows.column!r} is empty; every row needs a "
+                    "unique, non-empty id (it becomes custom_id, on which the results are joined)."
+                )
             raise InvalidRequestFileError(
                 f"{where}: custom_id is empty; give every request a unique, non-empty custom_id."
             )
         if len(custom_id) > MAX_CUSTOM_ID_LENGTH:
             raise InvalidRequestFileError(
-                f"{where}: custom_id {_short(custom_id)!r} is {len(custom_id)} characters long, over "
-                f"the limit of {MAX_CUSTOM_ID_LENGTH}; use a shorter id (e.g. a row number or a hash)."
+                f"{where}: {self.subject(_short(custom_id))} is {len(custom_id)} characters long, "
+                f"over the limit of {MAX_CUSTOM_ID_LENGTH}"
+                f"{' for a custom_id' if self.rows is not None else ''}; use a shorter id (e.g. a "
+                "row number or a hash)."
             )
         body = obj.get("body")
         if body is None:
             raise InvalidRequestFileError(
-                f'{where}: custom_id {custom_id!r} has no body; add a "body" object holding the '
+                f'{where}: {self.subject(custom_id)} has no body; add a "body" object holding the '
                 f'endpoint\'s request (with "model"), e.g. {_EXAMPLE_LINE}.'
             )
         if not isinstance(body, dict):
             raise InvalidRequestFileError(
-                f"{where}: custom_id {custom_id!r} has a body that is a JSON {json_type(body)}, not "
+                f"{where}: {self.subject(custom_id)} has a body that is a JSON {json_type(body)}, not "
                 'an object; "body" must be the request object itself, not a string holding JSON.'
             )
         model = body.get("model")
         if not isinstance(model, str) or not model:
             what = "no model" if model is None else f"model {model!r} (not a non-empty string)"
             raise InvalidRequestFileError(
-                f'{where}: custom_id {custom_id!r} has a body with {what}; set "model" in every '
+                f'{where}: {self.subject(custom_id)} has a body with {what}; set "model" in every '
                 "body (the batch takes its model from the bodies)."
             )
         url = obj.get("url")
         if url is not None and not isinstance(url, str):
             raise InvalidRequestFileError(
-                f'{where}: custom_id {custom_id!r} has a url that is not a string; remove "url" '
+                f'{where}: {self.subject(custom_id)} has a url that is not a string; remove "url" '
                 f"or set it to one of {', '.join(SUPPORTED_ENDPOINTS)}."
             )
         self.check_cross(custom_id, model, url, pos)
@@ -129,8 +164,15 @@ class _Rules:
         """The checks that need earlier requests: unique ids, one model, one endpoint."""
         seen = self.seen
         if custom_id in seen:
+            rows = self.rows
+            if rows is not None:
+                raise InvalidRequestFileError(
+                    f"{rows.source}: {self.subject(custom_id)} appears twice: {rows.unit}s "
+                    f"{seen[custom_id]} and {pos}; every row needs its own {rows.column} (the "
+                    "results are matched to the rows by it)."
+                )
             raise InvalidRequestFileError(
-                f"{self.label(pos)}: custom_id {custom_id!r} repeats "
+                f"{self.label(pos)}: {self.subject(custom_id)} repeats "
                 f"{self.ref(seen[custom_id])}; every custom_id must be unique in the batch "
                 "(results are matched to requests by it)."
             )
@@ -141,7 +183,7 @@ class _Rules:
                 other, other_pos = next(iter(self.models.items()))
                 other_where = self.ref(other_pos)
                 raise InvalidRequestFileError(
-                    f"{where}: custom_id {custom_id!r} uses model {model!r} but {other_where} uses "
+                    f"{where}: {self.subject(custom_id)} uses model {model!r} but {other_where} uses "
                     f"{other!r}; one model per batch is required here, so split the requests "
                     "by model."
                 )
@@ -150,19 +192,19 @@ class _Rules:
             where = self.label(pos)
             if url not in SUPPORTED_ENDPOINTS:
                 raise InvalidRequestFileError(
-                    f"{where}: custom_id {custom_id!r} targets url {url!r}, which batches do not "
+                    f"{where}: {self.subject(custom_id)} targets url {url!r}, which batches do not "
                     f"support; use one of {', '.join(SUPPORTED_ENDPOINTS)}."
                 )
             if self.endpoint is not None and url != self.endpoint:
                 raise InvalidRequestFileError(
-                    f"{where}: custom_id {custom_id!r} targets {url!r} but the batch endpoint is "
+                    f"{where}: {self.subject(custom_id)} targets {url!r} but the batch endpoint is "
                     f"{self.endpoint!r}; one endpoint per batch: fix the url or split the requests."
                 )
             if self.url is None:
                 self.url = (url, pos)
             elif self.url[0] != url:
                 raise InvalidRequestFileError(
-                    f"{where}: custom_id {custom_id!r} targets {url!r} but {self.ref(self.url[1])} targets "
+                    f"{where}: {self.subject(custom_id)} targets {url!r} but {self.ref(self.url[1])} targets "
                     f"{self.url[0]!r}; one endpoint per batch: split the requests by endpoint."
                 )
 

@@ -8,12 +8,12 @@ then by the first bytes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
-from dagster_together.requests.rules import _DECODER, json_type
+from dagster_together.requests.rules import _DECODER, RowNaming, json_type
 from dagster_together.requests.template import RequestTemplate
 from dagster_together.storage import filesystem, open_pending
 
@@ -32,6 +32,7 @@ class _Source:
 
     def __init__(self, source: Any, storage_options: Mapping[str, Any] | None) -> None:
         self.name = "table"
+        self.unit = "row"  # what a position counts: rows (1-based), or a JSONL file's lines
         self.arrow: Any = None  # a pyarrow Table, or a Parquet location
         self.jsonl: str | None = None
         self.storage_options = storage_options
@@ -44,6 +45,7 @@ class _Source:
             kind = sniff_format(fs, path)
             if kind == "jsonl":
                 self.jsonl = location
+                self.unit = "line"
             else:
                 self.arrow = (fs, path)
             return
@@ -60,8 +62,8 @@ class _Source:
             return list(pq.ParquetDataset(path, filesystem=fs).schema.names)
         return list(self.arrow.column_names)
 
-    def rows(self, columns: list[str]) -> Iterator[tuple[Callable[[], str], dict[str, Any]]]:
-        """(label maker, row) pairs holding only ``columns``; the label names the row for errors."""
+    def rows(self, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(position, row) pairs holding only ``columns``: the 1-based row, or the JSONL line."""
         if self.jsonl is not None:
             yield from self._jsonl_rows()
             return
@@ -71,7 +73,7 @@ class _Source:
             batches = _parquet_batches(fs, path, columns)
         else:
             batches = iter(self.arrow.select(columns).to_batches(max_chunksize=10_000))
-        index = 0
+        index = 1
         for batch in batches:
             struct_columns = {
                 name
@@ -82,14 +84,10 @@ class _Source:
                 for name in struct_columns:
                     # Arrow structs give every row every key; drop the nulls it made up.
                     row[name] = _drop_nulls(row[name])
-
-                def label(pos: int = index) -> str:
-                    return f"{self.name}, row {pos} (0-based)"
-
-                yield label, row
+                yield index, row
                 index += 1
 
-    def _jsonl_rows(self) -> Iterator[tuple[Callable[[], str], dict[str, Any]]]:
+    def _jsonl_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         import fsspec
 
         assert self.jsonl is not None
@@ -110,11 +108,7 @@ class _Source:
                     raise InvalidRequestFileError(
                         f"{where}: is a JSON {json_type(row)}, not an object (a row)."
                     )
-
-                def label(where: str = where) -> str:
-                    return where
-
-                yield label, row
+                yield line_no, row
 
 
 def _parquet_batches(fs: Any, path: str, columns: list[str]) -> Iterator[Any]:
@@ -186,6 +180,30 @@ def _id_text(value: Any) -> str | None:
 # --------------------------------------------------------------------------------------------
 # build_requests
 # --------------------------------------------------------------------------------------------
+class TableRequests(Iterator[dict[str, Any]]):
+    """The requests :func:`build_requests` makes from a table, lazily, knowing where each came from.
+
+    Attributes:
+        position: the row (1-based; the line, for a JSONL file) of the request last returned.
+        naming: how messages name the table, its rows and the id column (set once reading starts).
+
+    :func:`~dagster_together.requests.chunks.write_request_chunks` reads both, so that its
+    errors name the user's row and id column rather than a request number and ``custom_id``.
+    """
+
+    def __init__(self, naming: RowNaming, rows: Iterator[tuple[int, dict[str, Any]]]) -> None:
+        self.naming = naming
+        self.position = 0
+        self._rows = rows
+
+    def __iter__(self) -> TableRequests:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        self.position, request = next(self._rows)
+        return request
+
+
 def build_requests(
     source: Any,
     *,
@@ -193,7 +211,7 @@ def build_requests(
     id_column: str | None = None,
     endpoint: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> TableRequests:
     """Yield batch requests ``{"custom_id": ..., "body": {...}}`` from a user's table, lazily.
 
     Two shapes are understood:
@@ -216,10 +234,26 @@ def build_requests(
 
     Raises:
         InvalidRequestFileError: a row without id or prompt, or with a body that is not valid JSON,
-            naming the row. The full batch rules (unique ids, lengths, models) are checked by
-            :func:`write_request_chunks`.
+            naming the row (1-based; the line of a JSONL file) and the column. The full batch
+            rules (unique ids, lengths, models) are checked by :func:`write_request_chunks`,
+            whose messages then name the same rows and the id column.
     """
+    naming = RowNaming()
+    return TableRequests(
+        naming, _build(source, template, id_column, endpoint, storage_options, naming)
+    )
+
+
+def _build(
+    source: Any,
+    template: RequestTemplate | None,
+    id_column: str | None,
+    endpoint: str | None,
+    storage_options: Mapping[str, Any] | None,
+    naming: RowNaming,
+) -> Iterator[tuple[int, dict[str, Any]]]:
     table = _Source(source, storage_options)
+    naming.source, naming.unit = table.name, table.unit
     names = table.column_names()
     if template is None:
         if names is not None and not {"custom_id", "body"} <= set(names):
@@ -228,7 +262,7 @@ def build_requests(
                 "template=RequestTemplate(model=..., prompt_column=...) and id_column=... to "
                 "build the requests from your own columns."
             )
-        yield from _prebuilt(table)
+        yield from _prebuilt(table, naming)
         return
     if endpoint is not None and endpoint != template.endpoint:
         template = replace(template, endpoint=endpoint)
@@ -239,6 +273,7 @@ def build_requests(
                 "custom_id) or add a 'custom_id' column."
             )
         id_column = "custom_id"
+    naming.column = id_column
     wanted = [id_column, template.prompt_column]
     if names is not None:
         absent = [c for c in dict.fromkeys(wanted) if c not in names]
@@ -247,29 +282,29 @@ def build_requests(
                 f"{table.name}: has no column {absent[0]!r} (columns: {names}); check id_column "
                 "and RequestTemplate.prompt_column."
             )
-    for label, row in table.rows(list(dict.fromkeys(wanted))):
+    for pos, row in table.rows(list(dict.fromkeys(wanted))):
         custom_id = _id_text(row.get(id_column))
         if custom_id is None:
             raise InvalidRequestFileError(
-                f"{label()}: the id column {id_column!r} is null; every row needs an id (it "
-                "becomes custom_id, on which the results are joined)."
+                f"{naming.where(pos)}: the id column {id_column!r} is null; every row needs an id "
+                "(it becomes custom_id, on which the results are joined)."
             )
         prompt = row.get(template.prompt_column)
         if not isinstance(prompt, str):
             what = "null" if prompt is None else f"a {type(prompt).__name__}, not text"
             raise InvalidRequestFileError(
-                f"{label()}: custom_id {custom_id!r} has a prompt column "
-                f"{template.prompt_column!r} that is {what}; fill or drop such rows first."
+                f"{naming.where(pos)}: the prompt column {template.prompt_column!r} is {what} "
+                f"({id_column} {custom_id!r}); fill or drop such rows first."
             )
-        yield {"custom_id": custom_id, "body": template.build_body(prompt)}
+        yield pos, {"custom_id": custom_id, "body": template.build_body(prompt)}
 
 
-def _prebuilt(table: _Source) -> Iterator[dict[str, Any]]:
-    for label, row in table.rows(["custom_id", "body"]):
+def _prebuilt(table: _Source, naming: RowNaming) -> Iterator[tuple[int, dict[str, Any]]]:
+    for pos, row in table.rows(["custom_id", "body"]):
         if "custom_id" not in row or "body" not in row:
             raise InvalidRequestFileError(
-                f"{label()}: has no 'custom_id' and 'body'; every row needs both (or use a "
-                "RequestTemplate)."
+                f"{naming.where(pos)}: has no 'custom_id' and 'body'; every row needs both (or "
+                "use a RequestTemplate)."
             )
         custom_id = row["custom_id"]
         if isinstance(custom_id, int) and not isinstance(custom_id, bool):
@@ -282,10 +317,10 @@ def _prebuilt(table: _Source) -> Iterator[dict[str, Any]]:
                 body = _DECODER.decode(body)
             except ValueError as exc:
                 raise InvalidRequestFileError(
-                    f"{label()}: custom_id {custom_id!r} has a body string that is not valid "
-                    f"JSON ({exc}); store the body as a JSON object string or a struct."
+                    f"{naming.where(pos)}: custom_id {custom_id!r} has a body string that is not "
+                    f"valid JSON ({exc}); store the body as a JSON object string or a struct."
                 ) from None
-        yield {"custom_id": custom_id, "body": body}
+        yield pos, {"custom_id": custom_id, "body": body}
 
 
 # --------------------------------------------------------------------------------------------
