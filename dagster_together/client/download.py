@@ -21,7 +21,13 @@ from dagster_together.client.errors import DownloadError, TogetherError
 from dagster_together.client.progress import LogSink, Progress
 from dagster_together.client.transport import Transport, quote_id
 from dagster_together.client.types import FileObject
-from dagster_together.storage import LocalPendingFile, PendingFile, RemotePendingFile, is_local
+from dagster_together.storage import (
+    LocalPendingFile,
+    PendingFile,
+    RemotePendingFile,
+    filesystem,
+    is_local,
+)
 
 __all__ = ["CHUNK_SIZE", "REMOTE_BLOCK_SIZE", "LogSink", "normalize_key", "retrieve_content"]
 
@@ -90,9 +96,7 @@ def _resolve_target(
     if not isinstance(output, str) or not output:
         raise ValueError(f"output must be a path or an fsspec URL, got {output!r}.")
     if "://" in output or "::" in output:
-        from fsspec.core import url_to_fs
-
-        fs, fs_path = url_to_fs(output, **(storage_options or {}))
+        fs, fs_path = filesystem(output, storage_options)
         if is_local(fs):
             return _local_target(fs_path)
         if output.endswith("/"):
