@@ -281,7 +281,10 @@ def test_failed_batch_is_not_reused(
 @pytest.mark.parametrize(
     "table, reason",
     [
-        (pa.table({"review_id": [1, 1], "text": ["a", "b"]}), "repeats"),
+        (
+            pa.table({"review_id": [1, 1], "text": ["a", "b"]}),
+            "review_id '1' appears twice: rows 1 and 2",
+        ),
         (pa.table({"review_id": [1, 2], "body_text": ["a", "b"]}), "no column 'text'"),
         (pa.table({"review_id": ["x" * 65], "text": ["a"]}), "over the limit of 64"),
         (pa.table({"review_id": [1, 2], "text": ["a", None]}), "null"),

@@ -5,6 +5,8 @@ Promises proved here (see docs/reliability.md):
 * killed in the middle of ``retrieve_content`` (local file or S3): nothing appears at the
   destination, the leftover is never taken for a result, and the next call writes a
   byte-identical file;
+* killed in the middle of copying a batch's input to storage (``BatchStorageLayout.put_file``,
+  local or S3): nothing appears where the input is expected, and the next copy writes it whole;
 * killed between "batch created" and "batch recorded" in the submit asset: the next submit
   finds the batch and reuses it; Together holds exactly one batch.
 
@@ -19,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +36,7 @@ import pyarrow as pa
 from dagster_together import TogetherResource, build_together_batch_defs
 from dagster_together.client import TogetherClient
 from dagster_together.requests import RequestTemplate
+from dagster_together.storage import BatchStorageLayout
 from tests.helpers import random_jsonl
 
 MiB = 1024 * 1024
@@ -205,6 +209,105 @@ def test_killed_mid_download_to_s3_next_run_starts_clean(
         )
     fs = fsspec.filesystem("s3", **s3_server.storage_options)
     assert result.size == len(data) and fs.cat(url) == data
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed in the middle of copying an input to storage (BatchStorageLayout.put_file)
+# ---------------------------------------------------------------------------------------------
+PUT_FILE_CHILD = r"""
+import json, sys
+from dagster_together.storage import BatchStorageLayout
+
+args = json.loads(sys.argv[1])
+layout = BatchStorageLayout(args["storage_url"], args.get("storage_options"))
+layout.put_file(args["source"], layout.input_jsonl("b1"))
+print("finished", flush=True)
+"""
+
+
+@contextmanager
+def _stalled_source(tmp_path: Path, data: bytes) -> Iterator[Path]:
+    """A named pipe that hands over ``data`` and then stalls without an end: a copy reading it
+    is caught in the middle, with ``data`` read and the rest never coming."""
+    fifo = tmp_path / "source.jsonl"
+    os.mkfifo(fifo)
+    # Read-write: opening never blocks, and the pipe stays open (no EOF) until the test ends.
+    fd = os.open(fifo, os.O_RDWR)
+    feeder = threading.Thread(target=os.write, args=(fd, data), daemon=True)
+    feeder.start()  # blocks in the pipe until the child has read it all
+    try:
+        yield fifo
+    finally:
+        os.close(fd)
+        feeder.join(10)
+
+
+def _kill_mid_put_file(
+    tmp_path: Path, storage_url: str, ready: Callable[[], bool], **extra: Any
+) -> None:
+    # 9 MiB: the copy reads and writes 8 MiB (one piece, one S3 part), then waits for more.
+    with _stalled_source(tmp_path, random_jsonl(9 * MiB, seed=3)) as fifo:
+        args = {"storage_url": storage_url, "source": str(fifo), **extra}
+        with _child(PUT_FILE_CHILD, json.dumps(args), env={}) as proc:
+            _wait_for(proc, "a partial copy", ready)
+            _sigkill(proc)
+
+
+def test_killed_mid_put_file_local_leaves_no_partial_input(tmp_path: Path) -> None:
+    """Promise: SIGKILL in the middle of copying a batch's input to local storage leaves nothing
+    at input.jsonl (only a hidden, unlocked part file that no reader takes for an input), and the
+    next copy publishes the whole file and sweeps the leftover."""
+    store = tmp_path / "store"
+    out = store / "batches" / "b1" / "input.jsonl"
+
+    def partial_written() -> bool:
+        parts = out.parent.glob(".input.jsonl.*.part") if out.parent.exists() else []
+        return any(p.stat().st_size == 8 * MiB for p in parts)
+
+    _kill_mid_put_file(tmp_path, str(store), partial_written)
+    assert not out.exists()
+    [leftover] = [p.name for p in out.parent.iterdir()]
+    assert leftover.startswith(".input.jsonl.") and leftover.endswith(".part")
+    assert fsspec.filesystem("file").glob(f"{store}/**/*.jsonl") == []
+
+    data = random_jsonl(3 * MiB, seed=4)
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(data)
+    BatchStorageLayout(str(store)).put_file(str(source), str(out))
+    assert out.read_bytes() == data
+    assert sorted(p.name for p in out.parent.iterdir()) == ["input.jsonl"]
+
+
+def test_killed_mid_put_file_to_s3_leaves_no_object(
+    tmp_path: Path, s3_server: Any, s3_bucket: str
+) -> None:
+    """Promise: SIGKILL in the middle of copying a batch's input to S3 leaves no object at
+    input.jsonl (only an invisible, incomplete multipart upload), and the next copy writes it."""
+    bucket = s3_bucket.removeprefix("s3://")
+    s3 = _s3_client(s3_server)
+
+    def part_uploaded() -> bool:
+        uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return any(
+            s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts")
+            for u in uploads
+        )
+
+    store = f"{s3_bucket}/store"
+    _kill_mid_put_file(tmp_path, store, part_uploaded, storage_options=s3_server.storage_options)
+    layout = BatchStorageLayout(store, s3_server.storage_options)
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    assert not fs.exists(layout.input_jsonl("b1")) and fs.find(s3_bucket) == []
+    # Known limit, as for a download: no code runs on SIGKILL, so the multipart upload stays
+    # open (not an object; a bucket lifecycle rule AbortIncompleteMultipartUpload reclaims it).
+    assert len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])) == 1
+
+    data = random_jsonl(9 * MiB, seed=5)
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(data)
+    layout.put_file(str(source), layout.input_jsonl("b1"))
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    assert fs.cat(layout.input_jsonl("b1")) == data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ Promises proved here (see docs/reliability.md):
   the moto server answers 500 to one part) leaves no object and no open multipart upload, raises
   an error naming the S3 operation, and the same call succeeds once S3 is healthy again;
 * a full local disk (a real 1 MiB tmpfs, mounted for the test) leaves no partial file and no
-  temporary file behind, for a download and for the results Parquet, and the retry after space
-  is freed produces the whole file.
+  temporary file behind, for a download, for the results Parquet and for the copy of a batch's
+  input, and the retry after space is freed produces the whole file;
+* S3 refusing a part while a batch's input is copied to storage leaves no object and no open
+  multipart upload.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pytest
 import dagster_together.client.download as download
 from dagster_together.client import TogetherClient
 from dagster_together.results import join_results
+from dagster_together.storage import BatchStorageLayout
 from tests.helpers import fast_client, open_multipart_uploads, random_jsonl, sha256_hex
 
 MiB = 1024 * 1024
@@ -216,6 +219,30 @@ def test_s3_failing_on_the_results_parquet_leaves_nothing_and_a_retry_succeeds(
     assert direct.exists(destination)
 
 
+def test_s3_failing_mid_put_file_leaves_nothing_and_a_retry_succeeds(
+    tmp_path: Path, s3_server: Any, s3_bucket: str, s3_proxy: S3FaultProxy
+) -> None:
+    """Promise: S3 refusing a part while a batch's input is copied to storage (the submit's
+    ``put_file``) leaves no object and no open multipart upload, and the copy succeeds later."""
+    data = random_jsonl(20 * MiB + 7)  # three 8 MiB parts; part 2 fails
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(data)
+    layout = BatchStorageLayout(f"{s3_bucket}/store", _proxy_options(s3_proxy))
+    location = layout.input_jsonl("b1")
+    s3_proxy.fail = lambda method, path: method == "PUT" and "partNumber=2" in path
+    with pytest.raises(OSError):
+        layout.put_file(str(source), location)
+    direct = fsspec.filesystem("s3", **s3_server.storage_options)
+    assert direct.find(s3_bucket) == []
+    assert open_multipart_uploads(s3_server, s3_bucket) == []  # aborted, not left to be billed
+
+    s3_proxy.fail = None
+    layout.put_file(str(source), location)
+    direct = fsspec.filesystem("s3", **s3_server.storage_options)
+    assert sha256_hex(direct.cat(location)) == sha256_hex(data)
+    assert open_multipart_uploads(s3_server, s3_bucket) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # A full local disk: a real 1 MiB tmpfs
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +321,36 @@ def test_full_local_disk_during_a_download_leaves_nothing(
     result = client.files.retrieve_content(file_id, output=out)
     assert result.size == len(data) and sha256_hex(out.read_bytes()) == sha256_hex(data)
     assert sorted(p.name for p in disk.rglob("*") if p.is_file()) == ["output.jsonl"]
+
+
+def test_full_local_disk_during_put_file_leaves_nothing(
+    tmp_path: Path, tiny_disk: Path | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Promise: the disk filling up while a batch's input is copied to local storage raises
+    ENOSPC and leaves neither a partial input nor a temporary file; with room the copy works."""
+    data = random_jsonl(3 * MiB, seed=2)
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(data)
+    disk = tiny_disk
+    if disk is None:  # no root: the file object raises ENOSPC instead of the kernel
+        disk = tmp_path / "disk"
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(os, "fdopen", lambda *a, **k: _FullDiskFile(real_fdopen(*a, **k)))
+    layout = BatchStorageLayout(str(disk / "store"))
+    location = layout.input_jsonl("b1")
+
+    with pytest.raises(OSError) as info:
+        layout.put_file(str(source), location)
+    assert info.value.errno == errno.ENOSPC
+    assert [p for p in disk.rglob("*") if p.is_file()] == []
+
+    if tiny_disk is None:
+        monkeypatch.undo()
+    else:
+        assert _mount(disk, "16m", remount=True)
+    layout.put_file(str(source), location)
+    assert Path(location).read_bytes() == data
+    assert sorted(p.name for p in disk.rglob("*") if p.is_file()) == ["input.jsonl"]
 
 
 def _join_files(tmp_path: Path, n: int) -> tuple[Path, Path]:

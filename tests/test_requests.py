@@ -11,6 +11,7 @@ import pytest
 
 from dagster_together import requests as rq
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.requests import check as rq_check
 from dagster_together.requests import check_request_file
 from tests.helpers import MODEL, jsonl
 from tests.helpers import request_line as line
@@ -148,7 +149,7 @@ BAD_FILES: list[tuple[str, bytes, dict[str, Any], list[str]]] = [
 def read_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run each case with the normal read size and with reads of a few bytes (block edges)."""
     if request.param == "tiny-reads":
-        monkeypatch.setattr(rq, "_READ_SIZE", 7)
+        monkeypatch.setattr(rq_check, "_READ_SIZE", 7)
     return str(request.param)
 
 
@@ -246,7 +247,7 @@ def test_valid_blocks_take_the_vectorised_path(
     def exact(self: Any, block: bytes) -> None:
         raise AssertionError("line-by-line path used for a valid block")
 
-    monkeypatch.setattr(rq._FileState, "_exact", exact)
+    monkeypatch.setattr(rq_check._FileState, "_exact", exact)
     path = tmp_path / "requests.jsonl"
     path.write_bytes(jsonl(*(line(f"r{i}", url="/v1/chat/completions") for i in range(1000))))
     assert check_request_file(path).n_lines == 1000
@@ -263,9 +264,9 @@ def test_nonfinite_guard_finds_every_token_spelling() -> None:
     for token in ("NaN", "-NaN", "Inf", "-Inf", "Infinity", "-Infinity"):
         for value in (f"{token}", f" {token}", f"[1,\t{token}]", f"[{token}]"):
             block = f'{{"custom_id": "a", "body": {{"model": "m", "t": {value}}}}}\n'.encode()
-            assert rq._may_hold_nonfinite(block, len(block)), value
+            assert rq_check._may_hold_nonfinite(block, len(block)), value
     block = b'{"custom_id": "Inf", "body": {"model": "NaN", "t": "x NaN"}}\n'
-    assert not rq._may_hold_nonfinite(block, len(block))
+    assert not rq_check._may_hold_nonfinite(block, len(block))
 
 
 # ------------------------------------------------------------------------------------------
@@ -385,8 +386,16 @@ def test_build_with_body_as_json_string_and_int_ids() -> None:
         ({"x": [1]}, {}, "has no 'custom_id' and 'body' columns"),
         ({"id": [1], "text": ["t"]}, {"template": TEMPLATE}, "pass id_column="),
         ({"id": [1], "txt": ["t"]}, {"template": TEMPLATE, "id_column": "id"}, "no column 'text'"),
-        ({"id": [1, None], "text": ["t", "u"]}, {"template": TEMPLATE, "id_column": "id"}, "row 1"),
-        ({"id": [1, 2], "text": ["t", None]}, {"template": TEMPLATE, "id_column": "id"}, "null"),
+        (
+            {"id": [1, None], "text": ["t", "u"]},
+            {"template": TEMPLATE, "id_column": "id"},
+            "row 2: the id column 'id' is null",
+        ),
+        (
+            {"id": [1, 2], "text": ["t", None]},
+            {"template": TEMPLATE, "id_column": "id"},
+            r"row 2: the prompt column 'text' is null \(id '2'\)",
+        ),
         ({"custom_id": ["a"], "body": ["{not json"]}, {}, "not valid JSON"),
     ],
 )
@@ -484,6 +493,59 @@ def test_ids_unique_across_chunks_and_nothing_written_on_failure(tmp_path: Path)
     ):
         rq.write_request_chunks(reqs, dest, max_requests=10)
     assert list(dest.iterdir()) == []  # no chunk, no staging directory
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            {"review_id": ["r1", "r2", "r1"], "text": ["a", "b", "c"]},
+            "table: review_id 'r1' appears twice: rows 1 and 3; every row needs its own review_id",
+        ),
+        (
+            {"review_id": ["r1", "x" * 65], "text": ["a", "b"]},
+            "table, row 2: review_id 'xxx",
+        ),
+        (
+            {"review_id": ["r1", ""], "text": ["a", "b"]},
+            "table, row 2: the id column 'review_id' is empty",
+        ),
+    ],
+    ids=["duplicate", "too-long", "empty"],
+)
+def test_errors_about_ids_built_from_a_table_name_the_column_and_row(
+    tmp_path: Path, rows: dict[str, list[Any]], message: str
+) -> None:
+    """The user thinks of their id column and their rows (1-based), not of custom_id and
+    request numbers."""
+    import pyarrow as pa
+
+    built = rq.build_requests(pa.table(rows), template=TEMPLATE, id_column="review_id")
+    with pytest.raises(InvalidRequestFileError) as caught:
+        rq.write_request_chunks(built, tmp_path / "out", max_requests=2)
+    assert str(caught.value).startswith(message)
+    assert "custom_id 'r" not in str(caught.value) and "request #" not in str(caught.value)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_errors_built_from_a_jsonl_table_name_its_lines(tmp_path: Path) -> None:
+    source = tmp_path / "reviews.jsonl"
+    rows = [{"review_id": "r1", "text": "a"}, {"review_id": "r2", "text": "b"}]
+    source.write_text("\n".join(json.dumps(r) for r in [*rows, {}, rows[0]]).replace("{}", ""))
+    built = rq.build_requests(source, template=TEMPLATE, id_column="review_id")
+    with pytest.raises(
+        InvalidRequestFileError, match=r"review_id 'r1' appears twice: lines 1 and 4"
+    ):
+        rq.write_request_chunks(built, tmp_path / "out")
+
+
+def test_prebuilt_table_rows_keep_the_custom_id_wording(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    body = json.dumps({"model": MODEL})
+    table = pa.table({"custom_id": ["a", "b", "a"], "body": [body] * 3})
+    with pytest.raises(InvalidRequestFileError, match=r"custom_id 'a' appears twice: rows 1 and 3"):
+        rq.write_request_chunks(rq.build_requests(table), tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -11,23 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any
 
 import httpx
-
-try:
-    import fcntl
-except ImportError:  # Windows: no stale-part sweep, the rest works the same
-    fcntl = None  # type: ignore[assignment]
 
 from dagster_together.client.errors import DownloadError, TogetherError
 from dagster_together.client.progress import LogSink, Progress
 from dagster_together.client.transport import Transport, quote_id
 from dagster_together.client.types import FileObject
+from dagster_together.storage import (
+    LocalPendingFile,
+    PendingFile,
+    RemotePendingFile,
+    filesystem,
+    is_local,
+)
 
 __all__ = ["CHUNK_SIZE", "REMOTE_BLOCK_SIZE", "LogSink", "normalize_key", "retrieve_content"]
 
@@ -53,154 +53,10 @@ def normalize_key(key: str) -> str:
 
 
 # -- destinations ---------------------------------------------------------------------------------
-class _Sink(Protocol):
-    location: str
-
-    def write(self, data: bytes | bytearray) -> None: ...
-
-    def restart(self) -> None: ...
-
-    def commit(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class _LocalSink:
-    """Writes ``.<name>.<random>.part`` next to the destination and ``os.replace``s it on commit:
-    same directory, so the rename is atomic and readers see the old file or the whole new one.
-
-    A live part file is locked (``flock``) until it is renamed, so a new download can tell the
-    leftovers of a killed process (unlocked) from a concurrent download (locked) and sweep them.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.location = path
-        directory, name = os.path.split(path)
-        os.makedirs(directory, exist_ok=True)
-        _sweep_stale_parts(directory or ".", name)
-        self._tmp = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.part")
-        # O_EXCL: never write through a file (or symlink) someone else put there; 0o666 lets the
-        # umask decide the final permissions, like any other file the user creates.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        fd = os.open(self._tmp, flags, 0o666)
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        # Unbuffered: every byte counted as written is in the file, so a resume (and anyone
-        # looking at the part file) sees exactly what arrived; pieces are large anyway.
-        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
-        self._size = 0  # bytes written
-
-    def write(self, data: bytes | bytearray) -> None:
-        view = memoryview(data)
-        while view:  # a raw write may take fewer bytes than offered
-            view = view[self._file.write(view) :]
-        self._size += len(data)
-
-    def restart(self) -> None:
-        self._file.seek(0)
-        self._file.truncate()
-        self._size = 0
-
-    def commit(self) -> None:
-        # No fsync: the rename is atomic, so a killed process leaves the old file or the whole
-        # new one. Only a power loss in the seconds after could leave it short: the download
-        # can be repeated (the file stays on Together's side) and the join flags a short file.
-        # An fsync of 1 GB cost 15-20% of the download's throughput here.
-        os.replace(self._tmp, self.location)  # renamed while still locked: never swept
-        self._file.close()
-
-    def abort(self) -> None:
-        with suppress(OSError):
-            self._file.close()
-        with suppress(FileNotFoundError):
-            os.remove(self._tmp)
-
-
-def _sweep_stale_parts(directory: str, name: str) -> None:
-    """Remove ``.<name>.*.part`` files left by killed downloads (nobody holds their lock)."""
-    if fcntl is None:
-        return
-    prefix = f".{name}."
-    with suppress(OSError):
-        entries = [e for e in os.listdir(directory) if e.startswith(prefix) and e.endswith(".part")]
-        for entry in entries:
-            stale = os.path.join(directory, entry)
-            try:
-                fd = os.open(stale, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live download holds it
-            finally:
-                os.close(fd)
-            with suppress(FileNotFoundError):
-                os.remove(stale)
-            _log.info("Removed %s, left by an interrupted download.", stale)
-
-
-class _FsspecSink:
-    """Streams into ``fs.open(path, "wb")`` of a non-local fsspec filesystem.
-
-    Why ``discard()`` and not ``close()`` on failure: closing an fsspec ``AbstractBufferedFile``
-    *publishes* what was written, even after an exception inside ``with fs.open(...)`` (s3fs
-    completes the multipart upload in ``close``). ``discard()`` throws the pending upload away
-    instead (s3fs aborts the multipart upload, gcsfs cancels its resumable upload), and marking
-    the file closed stops ``__del__`` from flushing it later. Files that are not buffered uploads
-    (``memory://``, ...) are visible as soon as they are opened, so their partial is removed.
-    """
-
-    def __init__(self, fs: Any, path: str, url: str) -> None:
-        self.location = url
-        self._fs = fs
-        self._path = path
-        self._file: Any = self._open()
-
-    def _open(self) -> Any:
-        return self._fs.open(self._path, "wb", block_size=REMOTE_BLOCK_SIZE)
-
-    def write(self, data: bytes | bytearray) -> None:
-        self._file.write(data)
-
-    def restart(self) -> None:
-        self._discard()
-        self._file = self._open()
-
-    def commit(self) -> None:
-        self._file.close()  # the final flush completes the upload
-
-    def abort(self) -> None:
-        self._discard()
-
-    def _discard(self) -> None:
-        from fsspec.spec import AbstractBufferedFile
-
-        handle = self._file
-        if isinstance(handle, AbstractBufferedFile):
-            discards = type(handle).discard is not AbstractBufferedFile.discard
-            try:
-                handle.discard()
-            except Exception:
-                _log.warning(
-                    "Could not abort the partial upload to %s; an incomplete upload may remain "
-                    "(it is not visible as an object).",
-                    self.location,
-                    exc_info=True,
-                )
-            finally:
-                handle.closed = True
-            if discards:
-                return  # nothing was published: an older object at the destination is untouched
-        else:
-            with suppress(Exception):
-                handle.close()
-        # A backend that publishes while writing: remove what it published.
-        try:
-            if self._fs.exists(self._path):
-                self._fs.rm_file(self._path)  # rm() would expand glob characters in the path
-        except Exception:
-            _log.warning("Could not remove the partial file %s", self.location, exc_info=True)
+# Written through the storage layer's atomic publish: a hidden, locked ``.part`` file renamed into
+# place locally (unbuffered: a resume continues from what is in the file), an upload completed
+# only on commit and aborted on failure on object stores.
+_Sink = PendingFile
 
 
 @dataclass(frozen=True)
@@ -211,13 +67,8 @@ class _Target:
 
     def open(self) -> _Sink:
         if self.fs is None:
-            return _LocalSink(self.location)
-        return _FsspecSink(self.fs, self.path, self.location)
-
-
-def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocol or "local" in protocol
+            return LocalPendingFile(self.location, buffering=0)
+        return RemotePendingFile(self.fs, self.path, self.location, block_size=REMOTE_BLOCK_SIZE)
 
 
 def _local_target(path: str) -> _Target:
@@ -245,10 +96,8 @@ def _resolve_target(
     if not isinstance(output, str) or not output:
         raise ValueError(f"output must be a path or an fsspec URL, got {output!r}.")
     if "://" in output or "::" in output:
-        from fsspec.core import url_to_fs
-
-        fs, fs_path = url_to_fs(output, **(storage_options or {}))
-        if _is_local(fs):
+        fs, fs_path = filesystem(output, storage_options)
+        if is_local(fs):
             return _local_target(fs_path)
         if output.endswith("/"):
             raise IsADirectoryError(

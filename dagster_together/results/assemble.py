@@ -9,17 +9,16 @@ and preview rows of the summary are gathered on the way.
 
 from __future__ import annotations
 
-import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from dagster_together.requests import _parent, _Staging
 from dagster_together.results import blocks, outputs
 from dagster_together.results.arrow import _first_of_runs, _int, _scatter, _str
 from dagster_together.results.blocks import _give_back_memory
 from dagster_together.results.buckets import _Buckets
 from dagster_together.results.inputs import _Inputs
 from dagster_together.results.outputs import _Report, _row_schema
+from dagster_together.storage import open_pending
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -49,8 +48,9 @@ def _assemble(
     counts = dict.fromkeys(STATUSES, 0)
     tokens: dict[str, dict[str, int]] = {}
     preview: list[dict[str, Any]] = []
-    staging = _Staging(_parent(destination), opts)
-    name = posixpath.basename(destination.rstrip("/"))
+    # Written to a local file and published at the end: nothing appears unless the join succeeded.
+    out = open_pending(destination, opts, stage_locally=True)
+    assert out.local_path is not None  # always, with stage_locally
     result_schema = pa.schema(list(_row_schema())[1:])
     writer: pq.ParquetWriter | None = None
     schema = None
@@ -98,7 +98,7 @@ def _assemble(
             del results, inputs
             if writer is None:
                 schema = table.schema
-                writer = pq.ParquetWriter(staging.path(name), schema, **_parquet_options(schema))
+                writer = pq.ParquetWriter(out.local_path, schema, **_parquet_options(schema))
             if len(preview) < 5:
                 preview.extend(_preview_rows(table.slice(0, 5 - len(preview))))
             gathered.append(table)
@@ -113,14 +113,14 @@ def _assemble(
         if writer is not None:
             writer.close()
             writer = None
-        staging.publish([name])
+        out.commit()
     finally:
         if pending is not None:
             pending.exception()  # wait: the file must not be closed under the writer
         write_thread.shutdown(wait=True)
         if writer is not None:
             writer.close()
-        staging.close()
+        out.abort()  # nothing after the commit
     return {
         "destination": destination,
         "n_inputs": ins.n,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from dagster_together.requests import _is_utf8
+from dagster_together.requests.rules import is_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -204,7 +204,7 @@ class _Block:
 
         if not self.n or not pc.all(pc.starts_with(self.pieces, b"{")).as_py():
             return False
-        return self.data.isascii() or _is_utf8(self.data)
+        return self.data.isascii() or is_utf8(self.data)
 
     def raw_lines(self) -> pa.Array:
         """The lines as strings without their newline (the block must be valid UTF-8)."""

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
-from dagster_together.requests import _filesystem
 from dagster_together.results import blocks
 from dagster_together.results.arrow import (
     _bool,
@@ -38,6 +37,7 @@ from dagster_together.results.blocks import (
     _text,
 )
 from dagster_together.results.outputs import RESULT_COLUMNS
+from dagster_together.storage import filesystem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -189,12 +189,12 @@ def _free_name(name: str, taken: Iterable[str]) -> str:
 def _load_table(source: Any, opts: dict[str, Any]) -> pa.Table:
     import pyarrow.parquet as pq
 
-    from dagster_together.requests import _to_arrow_table
+    from dagster_together.requests.table import to_arrow_table
 
     if isinstance(source, (str, os.PathLike)):
-        fs, path = _filesystem(str(os.fspath(source)), opts)
+        fs, path = filesystem(str(os.fspath(source)), opts)
         return pq.read_table(path, filesystem=fs)
-    return _to_arrow_table(source)
+    return to_arrow_table(source)
 
 
 def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
@@ -217,12 +217,12 @@ def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
     jsonl: list[str] = []
     parquet: list[str] = []
     for location in locations:
-        fs, path = _filesystem(location, opts)
+        fs, path = filesystem(location, opts)
         if not fs.exists(path):
             raise InvalidRequestFileError(f"{location}: does not exist; check the inputs location.")
-        from dagster_together.requests import _sniff
+        from dagster_together.requests.table import sniff_format
 
-        (parquet if _sniff(fs, path) == "parquet" else jsonl).append(location)
+        (parquet if sniff_format(fs, path) == "parquet" else jsonl).append(location)
     if parquet and jsonl:
         raise InvalidRequestFileError(
             f"inputs: mixes Parquet ({parquet[0]}) and JSONL ({jsonl[0]}); give one kind."
@@ -278,7 +278,7 @@ def _request_files(
     schema = _request_schema()
     with ipc.new_stream(ins.spill, _request_columns_schema()) as writer:
         for location in locations:
-            fs, path = _filesystem(location, opts)
+            fs, path = filesystem(location, opts)
 
             # Background threads read, parse and extract; this one spills and keeps ids.
             def extract(b: _Block, location: str = location) -> list[pa.Table]:

@@ -16,13 +16,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dagster_together.requests import _filesystem
 from dagster_together.results import blocks
 from dagster_together.results.assemble import _assemble
 from dagster_together.results.blocks import Locations, _as_list, _give_back_memory
 from dagster_together.results.buckets import _Buckets
 from dagster_together.results.inputs import _read_inputs
 from dagster_together.results.outputs import _read_results, _Report
+from dagster_together.storage import filesystem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -222,7 +222,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 def _result_bytes(outputs: Locations, errors: Locations, opts: dict[str, Any]) -> int:
     total = 0
     for location in _as_list(outputs) + _as_list(errors):
-        fs, path = _filesystem(location, opts)
+        fs, path = filesystem(location, opts)
         try:
             total += int(fs.size(path) or 0)
         except (OSError, TypeError):

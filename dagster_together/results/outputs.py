@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import TogetherError
-from dagster_together.requests import _filesystem, _json_type
+from dagster_together.requests.rules import json_type
 from dagster_together.results import blocks
 from dagster_together.results.arrow import _bool, _first_element, _int, _null, _str
 from dagster_together.results.blocks import (
@@ -27,6 +27,7 @@ from dagster_together.results.blocks import (
     _Prefetcher,
     _text,
 )
+from dagster_together.storage import filesystem
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -169,7 +170,7 @@ def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -
 
     def located_blocks() -> Iterator[tuple[str, _Block]]:
         for location in locations:
-            fs, path = _filesystem(location, opts)
+            fs, path = filesystem(location, opts)
             if not fs.exists(path):
                 raise FileNotFoundError(
                     f"{location}: does not exist; check the outputs/errors location."
@@ -309,7 +310,7 @@ def _result_block_slow(block: _Block, location: str, report: _Report | _BadLines
             report.bad_line(location, line_no, reason)
             continue
         if not isinstance(obj, dict):
-            report.bad_line(location, line_no, f"is a JSON {_json_type(obj)}, not an object")
+            report.bad_line(location, line_no, f"is a JSON {json_type(obj)}, not an object")
             continue
         row = _extract_one(obj)
         if row is None:

@@ -20,13 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dagster_together.storage.publish import publish_file
+from dagster_together.storage.urls import filesystem, join
+
 __all__ = ["BatchStorageLayout"]
-
-
-def _join(base: str, *parts: str) -> str:
-    if "://" in base:
-        return "/".join([base.rstrip("/"), *parts])
-    return os.path.join(base, *parts)
 
 
 @dataclass(frozen=True)
@@ -43,51 +40,47 @@ class BatchStorageLayout:
 
     def batch_dir(self, batch_id: str) -> str:
         """``{storage_url}/batches/{batch_id}``: the raw files of one batch."""
-        return _join(self.storage_url, "batches", _safe(batch_id))
+        return join(self.storage_url, "batches", _safe(batch_id))
 
     def input_jsonl(self, batch_id: str) -> str:
         """The request JSONL exactly as it was uploaded."""
-        return _join(self.batch_dir(batch_id), "input.jsonl")
+        return join(self.batch_dir(batch_id), "input.jsonl")
 
     def inputs_parquet(self, batch_id: str) -> str:
         """``custom_id`` plus the user's own columns for this batch's requests."""
-        return _join(self.batch_dir(batch_id), "inputs.parquet")
+        return join(self.batch_dir(batch_id), "inputs.parquet")
 
     def output_jsonl(self, batch_id: str) -> str:
         """Together's output file."""
-        return _join(self.batch_dir(batch_id), "output.jsonl")
+        return join(self.batch_dir(batch_id), "output.jsonl")
 
     def errors_jsonl(self, batch_id: str) -> str:
         """Together's error file."""
-        return _join(self.batch_dir(batch_id), "errors.jsonl")
+        return join(self.batch_dir(batch_id), "errors.jsonl")
 
     @property
     def results_url(self) -> str:
         """The root of the hive-partitioned results dataset (every batch)."""
-        return _join(self.storage_url, "results")
+        return join(self.storage_url, "results")
 
     def results_parquet(self, batch_id: str) -> str:
         """The joined results of one batch."""
-        return _join(self.results_url, f"batch_id={_safe(batch_id)}", "part-0.parquet")
+        return join(self.results_url, f"batch_id={_safe(batch_id)}", "part-0.parquet")
 
     # -- small fsspec helpers ------------------------------------------------------------------
     def filesystem(self, location: str) -> tuple[Any, str]:
         """``(fs, path)`` for a location of this layout."""
-        import fsspec.core
-
-        return fsspec.core.url_to_fs(location, **dict(self.storage_options or {}))
+        return filesystem(location, self.storage_options)
 
     def exists(self, location: str) -> bool:
         """Whether ``location`` exists."""
         fs, path = self.filesystem(location)
         return bool(fs.exists(path))
 
-    def put_file(self, local_path: str, location: str) -> None:
-        """Copy a local file to ``location`` (parents created for local paths)."""
-        fs, path = self.filesystem(location)
-        if "://" not in location:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fs.put_file(local_path, path)
+    def put_file(self, local_path: str | os.PathLike[str], location: str) -> None:
+        """Copy a local file to ``location``, published atomically (parents created for local
+        paths): a failed or killed copy leaves no partial file where a finished one is expected."""
+        publish_file(local_path, location, self.storage_options)
 
 
 # Together's batch ids are UUIDs. A whitelist, not a blacklist: besides path separators, fsspec
