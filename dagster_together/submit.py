@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -178,29 +177,13 @@ def submit_prompts(
 
 
 def prove_writable(layout: BatchStorageLayout) -> None:
-    """Write, read back and remove a small file under ``layout.storage_url``.
+    """``layout.check_writable()``, failing with the setting to fix; nothing was sent.
 
     Raises:
-        dg.Failure: naming ``storage_url`` and the storage's own error; nothing was sent.
+        dg.Failure: naming ``storage_url`` and the storage's own error.
     """
-    name = f".write-probe-{uuid.uuid4().hex}"
-    local = "://" not in layout.storage_url
-    probe = (
-        os.path.join(layout.storage_url, name)
-        if local
-        else f"{layout.storage_url.rstrip('/')}/{name}"
-    )
-    payload = b"dagster-together can write here\n"
     try:
-        fs, path = layout.filesystem(probe)
-        if local:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fs.pipe_file(path, payload)
-        try:
-            if fs.cat_file(path) != payload:
-                raise OSError(f"{probe} read back different bytes than were written")
-        finally:
-            fs.rm_file(path)
+        layout.check_writable()
     except Exception as exc:
         raise dg.Failure(
             description=(

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster_together.storage.publish import publish_file
+from dagster_together.storage.publish import open_pending, publish_file
 from dagster_together.storage.urls import filesystem, join
 
 __all__ = ["BatchStorageLayout"]
@@ -81,6 +82,21 @@ class BatchStorageLayout:
         """Copy a local file to ``location``, published atomically (parents created for local
         paths): a failed or killed copy leaves no partial file where a finished one is expected."""
         publish_file(local_path, location, self.storage_options)
+
+    def check_writable(self) -> None:
+        """Publish, read back and remove a small file under ``storage_url``, the way every file
+        of the pipeline is written; raises what the storage raises (no credentials, no bucket,
+        read-only) before anything is paid for."""
+        probe = join(self.storage_url, f".write-probe-{uuid.uuid4().hex}")
+        payload = b"dagster-together can write here\n"
+        with open_pending(probe, self.storage_options) as out:
+            out.write(payload)
+        fs, path = self.filesystem(probe)
+        try:
+            if fs.cat_file(path) != payload:
+                raise OSError(f"{probe} read back other bytes than were written")
+        finally:
+            fs.rm_file(path)
 
 
 # Together's batch ids are UUIDs. A whitelist, not a blacklist: besides path separators, fsspec
