@@ -237,29 +237,28 @@ def build_together_batch_defs(
     # The loader travels with the results asset: downstream assets get the table wherever
     # the asset is used (Definitions, dg.materialize, another code location's merge).
     io_manager_key = f"{name}_results_io_manager"
-    loader = {io_manager_key: results_io_manager(layout)}
-    resource_keys = {"together"}
-    if together is not None:
-        # Bound: the assets use this object and need no resource of the Definitions.
-        resource_keys = set()
+    # Bound, the assets use that object and need no resource of the Definitions.
+    resource_keys = {"together"} if together is None else set()
 
     def resource_of(context: dg.AssetExecutionContext) -> "TogetherResource":
         return together if together is not None else context.resources.together
 
     results_spec = translator.get_results_spec(props)
-    checks = results_check_specs(results_spec.key, results)
+    results_arguments = {
+        **_spec_arguments(results_spec),
+        "required_resource_keys": resource_keys,
+        "retry_policy": results.retry_policy,
+        "check_specs": results_check_specs(results_spec.key, results),
+        "io_manager_key": io_manager_key,
+        "resource_defs": {io_manager_key: results_io_manager(layout)},
+    }
 
     if isinstance(watch, WaitOptions):
 
         @dg.asset(
-            **_spec_arguments(results_spec),
+            **results_arguments,
             ins={"prompts": dg.AssetIn(key=props.prompts_key)},
             partitions_def=submit_partitions_def,
-            required_resource_keys=resource_keys,
-            retry_policy=results.retry_policy,
-            check_specs=checks,
-            io_manager_key=io_manager_key,
-            resource_defs=loader,
         )
         def _submit_and_wait(
             context: dg.AssetExecutionContext, prompts: Any
@@ -283,7 +282,7 @@ def build_together_batch_defs(
         return run.execute_submit(context, resource_of(context), prompts, partitions_def)
 
     @dg.asset(
-        **_spec_arguments(results_spec),
+        **results_arguments,
         # A batch comes from one submit partition, which Dagster cannot know statically: with a
         # partitioned submit, each batch is shown as depending on all of them.
         deps=[
@@ -292,11 +291,6 @@ def build_together_batch_defs(
             else submit_spec.key
         ],
         partitions_def=partitions_def,
-        required_resource_keys=resource_keys,
-        retry_policy=results.retry_policy,
-        check_specs=checks,
-        io_manager_key=io_manager_key,
-        resource_defs=loader,
     )
     def _results(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         return run.execute_results(context, resource_of(context))

@@ -229,34 +229,9 @@ def test_materialize_button_through_graphql_submits_one_batch(
 ) -> None:
     # The Materialize button on the prompts and the submit asset: the implicit asset job with
     # an asset selection, exactly the variables the UI builds.
-    launched = webserver.graphql(
-        LAUNCH_MUTATION,
-        {
-            "executionParams": {
-                "mode": "default",
-                "runConfigData": {},
-                "executionMetadata": {"tags": []},
-                "selector": {
-                    "repositoryLocationName": LOCATION,
-                    "repositoryName": "__repository__",
-                    "pipelineName": "__ASSET_JOB",
-                    "assetSelection": [{"path": ["prompts"]}, {"path": ["docs_batches"]}],
-                    "assetCheckSelection": [],
-                },
-            }
-        },
-    )["launchPipelineExecution"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
+    run_id = _launch(webserver, [["prompts"], ["docs_batches"]])
 
-    deadline = time.monotonic() + 90
-    while True:
-        run = webserver.graphql(RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]
-        assert run["__typename"] == "Run", run
-        if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        assert time.monotonic() < deadline, f"run still {run['status']}:\n{webserver.log_tail()}"
-        time.sleep(0.5)
+    run = _wait_for_run(webserver, run_id, until=("SUCCESS", "FAILURE", "CANCELED"))
     assert run["status"] == "SUCCESS", webserver.log_tail()
     assert sorted(a["path"] for a in run["assetSelection"]) == [["docs_batches"], ["prompts"]]
 
@@ -303,12 +278,14 @@ def _launch(
     return str(launched["run"]["runId"])
 
 
-def _run_status(webserver: Webserver, run_id: str, until: tuple[str, ...]) -> str:
+def _wait_for_run(webserver: Webserver, run_id: str, until: tuple[str, ...]) -> dict[str, Any]:
+    """The run (``status``, ``assetSelection``) once its status is one of ``until``."""
     deadline = time.monotonic() + 90
     while True:
         run = webserver.graphql(RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
         if run["status"] in until:
-            return str(run["status"])
+            return dict(run)
         assert time.monotonic() < deadline, f"run still {run['status']}:\n{webserver.log_tail()}"
         time.sleep(0.3)
 
@@ -332,14 +309,15 @@ def test_terminating_a_run_that_waits_cancels_its_batch_when_asked(
         assert time.monotonic() < deadline, webserver.log_tail()
         time.sleep(0.2)
     [batch] = emu.batches()
-    _run_status(webserver, run_id, until=("STARTED",))
+    _wait_for_run(webserver, run_id, until=("STARTED",))
     time.sleep(1.0)  # a few polls
 
     terminated = webserver.graphql(
         TERMINATE_MUTATION, {"runId": run_id, "terminatePolicy": "SAFE_TERMINATE"}
     )["terminateRun"]
     assert terminated["__typename"] == "TerminateRunSuccess", terminated
-    assert _run_status(webserver, run_id, until=("CANCELED", "FAILURE", "SUCCESS")) == "CANCELED"
+    ended = _wait_for_run(webserver, run_id, until=("CANCELED", "FAILURE", "SUCCESS"))
+    assert ended["status"] == "CANCELED"
 
     cancel_calls = [
         r
