@@ -103,19 +103,21 @@ class WaitOptions:
     """Submit and wait inside one run: for small jobs, or a deployment without the daemon.
 
     Attributes:
-        poll_interval: seconds between status checks of the batches.
+        poll_interval: seconds between status checks of a batch. None: 1 s at first, then half
+            as long again after each check, up to 30 s (a quick batch is seen ending quickly,
+            a long one costs two requests a minute).
         poll_timeout: seconds to wait at most; then the run fails, naming the batches, which
             are left running (the next run reuses them). None: wait as long as it takes.
         cancel_on_termination: cancel the batches still running when the run is terminated
             (from the UI or by the run monitor).
     """
 
-    poll_interval: float = 30.0
+    poll_interval: float | None = None
     poll_timeout: float | None = None
     cancel_on_termination: bool = True
 
     def __post_init__(self) -> None:
-        if self.poll_interval <= 0:
+        if self.poll_interval is not None and self.poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {self.poll_interval}.")
         if self.poll_timeout is not None and self.poll_timeout <= 0:
             raise ValueError(f"poll_timeout must be positive or None, got {self.poll_timeout}.")

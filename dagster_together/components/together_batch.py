@@ -123,7 +123,9 @@ class SensorModel(dg.Resolvable, dg.Model):
 class WaitModel(dg.Resolvable, dg.Model):
     """Submit and wait inside one run instead of a sensor (no daemon needed)."""
 
-    poll_interval: float = Field(default=30.0, description="Seconds between status checks.")
+    poll_interval: float | None = Field(
+        default=None, description="Seconds between status checks; unset: 1 s growing to 30 s."
+    )
     poll_timeout: float | None = Field(
         default=None, description="Fail after this many seconds (batches left running)."
     )
@@ -182,7 +184,7 @@ attributes:
   resource:
     api_key: {{env: {DEFAULT_API_KEY_ENV_VAR}}}
   # Optional: wait inside one run instead of a sensor (no daemon needed).
-  # wait: {{poll_interval: 30, poll_timeout: 3600, cancel_on_termination: true}}
+  # wait: {{poll_timeout: 3600, cancel_on_termination: true}}
 """
 
 
