@@ -37,27 +37,39 @@ class TogetherResultsLoader(dg.IOManager):
             )
 
     def load_input(self, context: dg.InputContext) -> Any:
+        from dagster_together.failures import failures_for_humans
+
         batch_ids = self._batch_ids(context)
-        table = self.read(batch_ids)
+        what = f"Loading {context.asset_key.to_user_string()}"
+        with failures_for_humans(what, storage_url=self._layout.storage_url):
+            table, missing = self.read(batch_ids)
+        if missing:
+            context.log.warning(
+                f"{len(missing)} batch(es) have no results yet (their partitions are not "
+                f"materialized): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}."
+            )
         context.log.info(
             f"Loaded {table.num_rows:,} result rows of {len(batch_ids)} batch(es) "
             f"from {self._layout.results_url}."
         )
         return _as_requested(table, context.dagster_type.typing_type)
 
-    def read(self, batch_ids: list[str]) -> Any:
-        """The results of ``batch_ids`` as one pyarrow Table with a ``batch_id`` column."""
+    def read(self, batch_ids: list[str]) -> tuple[Any, list[str]]:
+        """The results of ``batch_ids`` as one pyarrow Table with a ``batch_id`` column, and the
+        batches that have no results file yet."""
         import pyarrow as pa
         import pyarrow.dataset as ds
 
         fs, root = self._layout.filesystem(self._layout.results_url)
-        paths = []
+        paths, missing = [], []
         for batch_id in batch_ids:
             _, path = self._layout.filesystem(self._layout.results_parquet(batch_id))
             if fs.exists(path):
                 paths.append(path)
+            else:
+                missing.append(batch_id)
         if not paths:
-            return pa.table({"batch_id": pa.array([], pa.string())})
+            return pa.table({"batch_id": pa.array([], pa.string())}), missing
         dataset = ds.dataset(
             paths,
             filesystem=fs,
@@ -65,7 +77,7 @@ class TogetherResultsLoader(dg.IOManager):
             partitioning=ds.partitioning(pa.schema([("batch_id", pa.string())]), flavor="hive"),
             partition_base_dir=root,
         )
-        return dataset.to_table()
+        return dataset.to_table(), missing
 
     def _batch_ids(self, context: dg.InputContext) -> list[str]:
         if context.has_asset_partitions:

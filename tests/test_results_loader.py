@@ -138,3 +138,22 @@ def test_waiting_asset_loads_the_batches_of_its_latest_run(
     )
     assert result.success
     assert sorted(seen["table"]["custom_id"].to_pylist()) == ["p0", "p1", "p2"]
+
+
+def test_a_partition_without_results_is_named_and_the_rest_loads(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    bundle, res, ids = _submitted(str(tmp_path / "store"), emulator, api_key, instance, n=3)
+    instance.add_dynamic_partitions(bundle.partitions_def.name, ["not-collected-yet"])
+    seen: dict[str, Any] = {}
+
+    @dg.asset
+    def summary(docs_results: pa.Table) -> None:
+        seen["table"] = docs_results
+
+    result = dg.materialize(
+        [bundle.results_asset, summary], selection=[summary], instance=instance, resources=res
+    )
+    assert seen["table"].num_rows == 3
+    messages = [e.message for e in instance.all_logs(result.run_id)]
+    assert any("have no results yet" in m and "not-collected-yet" in m for m in messages)

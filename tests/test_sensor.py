@@ -210,6 +210,23 @@ def test_batch_gone_from_the_list_is_reported_once_then_dropped(
     assert requested(p.tick()) == {p.batch_ids[0]: "COMPLETED"}
 
 
+def test_canceling_is_watched_until_cancelled_then_collected(
+    slow_emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    from dagster_together.client import TogetherClient
+
+    p = Pipeline(slow_emu, api_key, instance, tmp_path, n=1)
+    [batch_id] = p.batch_ids
+    with TogetherClient(api_key, slow_emu.base_url) as client:
+        assert client.batches.cancel_batch(batch_id).status.value == "CANCELING"
+    assert requested(p.tick()) == {}  # still running: its partial output is not final yet
+    deadline = time.monotonic() + 10
+    while slow_emu.batches()[0]["status"] != "CANCELLED":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert requested(p.tick()) == {batch_id: "CANCELLED"}
+
+
 def test_tick_budget_follows_the_sensor_timeout() -> None:
     assert tick_budget_seconds({}) == pytest.approx(45.0)  # Dagster's default of 60 s
     assert tick_budget_seconds({"DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS": "180"}) == 135.0
