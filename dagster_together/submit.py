@@ -154,13 +154,29 @@ def submit_prompts(
                 )
             # 4. Keep the inputs next to where the outputs will land: the join needs them.
             input_copy = layout.input_jsonl(job.id)
-            layout.put_file(chunk.path, input_copy)
-            if columns.num_columns > 1:  # the user has columns of their own beside custom_id
-                _write_parquet(
-                    columns.slice(offset, chunk.n_requests), layout.inputs_parquet(job.id), layout
-                )
+            try:
+                layout.put_file(chunk.path, input_copy)
+                if columns.num_columns > 1:  # the user has columns of their own beside custom_id
+                    _write_parquet(
+                        columns.slice(offset, chunk.n_requests),
+                        layout.inputs_parquet(job.id),
+                        layout,
+                    )
+            except Exception as exc:
+                # The batch is paid for: record it anyway, so that nothing watches nothing.
+                if on_batch is not None:
+                    on_batch(job.id)
+                raise dg.Failure(
+                    description=(
+                        f"Batch {job.id} was created, but its inputs could not be stored under "
+                        f"storage_url={layout.storage_url!r} ({type(exc).__name__}: {exc}). The "
+                        "batch is recorded and keeps running; once the storage works, run this "
+                        "submit again: it reuses the batch and stores the inputs."
+                    ),
+                    metadata={"together/batch_id": job.id},
+                ) from exc
             offset += chunk.n_requests
-            # 5. Only now is the batch recorded.
+            # 5. The batch is recorded once its inputs are stored.
             if on_batch is not None:
                 on_batch(job.id)
             batches.append(

@@ -257,8 +257,15 @@ def test_crash_between_create_and_record_is_healed_by_rerun(
     monkeypatch.setattr(BatchStorageLayout, "put_file", crash_once)
     crashed = submit(bundle, prompts, instance, res, raise_on_error=False)
     assert not crashed.success
-    assert len(emulator.batches()) == 1
-    assert instance.get_dynamic_partitions(bundle.partitions_def.name) == []
+    [batch] = emulator.batches()
+    # Paid for, so recorded anyway (the sensor watches it), and the error names it.
+    assert instance.get_dynamic_partitions(bundle.partitions_def.name) == [batch["id"]]
+    assert f"Batch {batch['id']} was created" in failure_text(crashed)
+    # Its results can be joined already: the request file comes back from Together.
+    wait_terminal(emulator, [batch["id"]])
+    early = materialize_results(bundle, batch["id"], instance, res)
+    assert early.success
+    assert pq.read_table(bundle.layout.results_parquet(batch["id"])).num_rows == 3
 
     retried = submit_metadata(submit(bundle, prompts, instance, res), bundle)
     assert len(emulator.batches()) == 1 and batch_posts(emulator) == 1
