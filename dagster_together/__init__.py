@@ -21,6 +21,7 @@ from dagster import DagsterLibraryRegistry
 from dagster_together.assets import TogetherBatchDefs, build_together_batch_defs
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject
 from dagster_together.components import TogetherBatchComponent
+from dagster_together.cost import CostOptions
 from dagster_together.options import BatchingOptions, ResultsOptions, SensorOptions, WaitOptions
 from dagster_together.resources import TogetherResource
 from dagster_together.storage import BatchStorageLayout
@@ -54,6 +55,7 @@ __all__ = [
     "BatchStatus",
     "BatchStorageLayout",
     "BatchingOptions",
+    "CostOptions",
     "DagsterTogetherTranslator",
     "FileObject",
     "RequestTemplate",

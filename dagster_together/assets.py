@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import dagster as dg
 
 from dagster_together.collect import results_check_specs
+from dagster_together.cost import CostOptions
 from dagster_together.loader import results_io_manager
 from dagster_together.options import BatchingOptions, ResultsOptions, SensorOptions, WaitOptions
 from dagster_together.sensors import together_batch_sensor
@@ -74,6 +75,7 @@ class TogetherBatchSteps:
     id_column: str | None = None
     batching: BatchingOptions = BatchingOptions()
     results: ResultsOptions = ResultsOptions()
+    cost: CostOptions = CostOptions()
 
     def execute_submit(
         self,
@@ -91,13 +93,16 @@ class TogetherBatchSteps:
             template=self.template,
             id_column=self.id_column,
             batching=self.batching,
+            cost=self.cost,
         )
 
     def execute_results(
         self, context: dg.AssetExecutionContext, together: "TogetherResource"
     ) -> dg.MaterializeResult:
         """``{name}_results``, one partition: join one ended batch."""
-        return together.collect_results(context, storage=self.layout, results=self.results)
+        return together.collect_results(
+            context, storage=self.layout, results=self.results, cost=self.cost
+        )
 
     def execute_submit_and_wait(
         self,
@@ -116,6 +121,7 @@ class TogetherBatchSteps:
             batching=self.batching,
             results=self.results,
             wait=wait,
+            cost=self.cost,
         )
 
 
@@ -165,6 +171,7 @@ def build_together_batch_defs(
     id_column: str | None = None,
     batching: BatchingOptions = BatchingOptions(),
     results: ResultsOptions = ResultsOptions(),
+    cost: CostOptions = CostOptions(),
     watch: SensorOptions | WaitOptions = SensorOptions(),
     translator: DagsterTogetherTranslator | None = None,
     together: "TogetherResource | None" = None,
@@ -188,6 +195,8 @@ def build_together_batch_defs(
         id_column: the column whose values become ``custom_id`` (with ``template``).
         batching: endpoint, completion window and batch size limits.
         results: the checks' thresholds and the results step's retry policy.
+        cost: the price table and ``max_estimated_cost``, the spending limit checked before
+            anything is uploaded.
         watch: :class:`~dagster_together.SensorOptions` (a sensor watches, no run waits; the
             default) or :class:`~dagster_together.WaitOptions` (one asset submits and waits in
             its run).
@@ -225,6 +234,7 @@ def build_together_batch_defs(
         id_column=id_column,
         batching=batching,
         results=results,
+        cost=cost,
     )
     waits = isinstance(watch, WaitOptions)
     props = TogetherBatchProps(

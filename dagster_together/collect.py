@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from dagster_together.cost import PriceTable, cost_of_usage
 from dagster_together.options import ResultsOptions
 from dagster_together.storage import BatchStorageLayout
 
@@ -139,8 +140,11 @@ def collect_batch(
     return job, summary
 
 
-def results_metadata(summaries: Iterable[JoinSummary], *, uri: str) -> dict[str, Any]:
-    """Table metadata (``dagster/``) and ours (``together/``), each figure once."""
+def results_metadata(
+    summaries: Iterable[JoinSummary], *, uri: str, prices: PriceTable
+) -> dict[str, Any]:
+    """Table metadata (``dagster/``) and ours (``together/``), each figure once: statuses,
+    tokens and dollars per model and in total."""
     summaries = list(summaries)
     n_rows = sum(s.n_rows for s in summaries)
     counts: dict[str, int] = {}
@@ -169,6 +173,10 @@ def results_metadata(summaries: Iterable[JoinSummary], *, uri: str) -> dict[str,
             totals[name] += n
             metadata[f"together/{model}/{name}"] = n
     metadata.update({f"together/{name}": n for name, n in totals.items()})
+    costs, _ = cost_of_usage(tokens, prices)
+    for model, dollars in costs.items():
+        metadata[f"together/{model}/cost_usd"] = round(dollars, 6)
+    metadata["together/cost_usd"] = round(sum(costs.values()), 6)
     return metadata
 
 

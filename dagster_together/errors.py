@@ -7,4 +7,7 @@ reach the UI as one ``dg.Failure`` whose first line is the message, with the exc
 """
 
 from dagster_together.client.errors import *  # noqa: F403
-from dagster_together.client.errors import __all__ as __all__
+from dagster_together.client.errors import __all__ as _client_errors
+from dagster_together.cost import BudgetExceededError
+
+__all__ = [*_client_errors, "BudgetExceededError"]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from dagster_together.cost import CostOptions
 from dagster_together.options import BatchingOptions, ResultsOptions, WaitOptions
 from dagster_together.storage import BatchStorageLayout
 
@@ -151,11 +152,13 @@ class TogetherResource(dg.ConfigurableResource):
         template: RequestTemplate | None = None,
         id_column: str | None = None,
         batching: BatchingOptions = BatchingOptions(),
+        cost: CostOptions = CostOptions(),
     ) -> dg.MaterializeResult:
         """Submit ``prompts`` as batches; register each batch id as a partition of
         ``partitions_def`` (the results asset's), where the batch sensor finds it.
 
-        Every request is built and validated before the first upload; a batch created earlier
+        Every request is built, validated and its cost estimated before the first upload (over
+        ``cost.max_estimated_cost`` nothing is sent); a batch created earlier
         for identical input is reused, never billed twice. ``prompts`` is a pyarrow Table, a
         pandas DataFrame, or the location of a Parquet or JSONL file; with ``template`` any
         columns (``id_column`` gives ``custom_id``), without it ``custom_id`` and ``body``.
@@ -180,7 +183,7 @@ class TogetherResource(dg.ConfigurableResource):
         with failures_for_humans(
             f"Submitting {_asset_name(context)}", storage_url=layout.storage_url
         ):
-            batches = submit_prompts(
+            submission = submit_prompts(
                 context,
                 self.get_client(),
                 prompts,
@@ -188,12 +191,13 @@ class TogetherResource(dg.ConfigurableResource):
                 template=template,
                 id_column=id_column,
                 batching=batching,
+                cost=cost,
                 file_prefix=_asset_name(context),
                 on_batch=lambda batch_id: context.instance.add_dynamic_partitions(name, [batch_id]),
             )
-        if not batches:
+        if not submission.batches:
             context.log.warning("The prompts table is empty: no batch was submitted.")
-        return dg.MaterializeResult(metadata=submission_metadata(batches, layout))
+        return dg.MaterializeResult(metadata=submission_metadata(submission, layout))
 
     def collect_results(
         self,
@@ -202,11 +206,13 @@ class TogetherResource(dg.ConfigurableResource):
         storage: str | BatchStorageLayout,
         batch_id: str | None = None,
         results: ResultsOptions = ResultsOptions(),
+        cost: CostOptions = CostOptions(),
     ) -> dg.MaterializeResult:
         """Download one ended batch's output and error files and join them to its inputs into
         ``{storage}/results/batch_id=<id>/part-0.parquet``; ``batch_id`` defaults to the run's
         partition key. Reports the table (rows, schema, location, statuses, tokens, a preview)
-        and the ``completeness``/``error_rate`` checks the asset declares.
+        and the ``completeness``/``error_rate`` checks the asset declares; the cost in dollars
+        from the usage Together reported and ``cost.prices``.
         """
         from dagster_together.collect import check_results, collect_batch, results_metadata
         from dagster_together.failures import failures_for_humans
@@ -215,7 +221,7 @@ class TogetherResource(dg.ConfigurableResource):
         batch_id = batch_id or context.partition_key
         with failures_for_humans(f"Collecting batch {batch_id}", storage_url=layout.storage_url):
             job, summary = collect_batch(context, self.get_client(), batch_id, layout)
-        metadata = results_metadata([summary], uri=summary.destination)
+        metadata = results_metadata([summary], uri=summary.destination, prices=cost.prices)
         metadata["together/batch_id"] = job.id
         metadata["together/batch_status"] = str(job.status)
         if job.error:
@@ -236,6 +242,7 @@ class TogetherResource(dg.ConfigurableResource):
         batching: BatchingOptions = BatchingOptions(),
         results: ResultsOptions = ResultsOptions(),
         wait: WaitOptions = WaitOptions(),
+        cost: CostOptions = CostOptions(),
     ) -> dg.MaterializeResult:
         """Submit ``prompts``, wait inside this run until every batch has ended, and join the
         results: for small jobs, or a deployment without the daemon.
@@ -263,7 +270,7 @@ class TogetherResource(dg.ConfigurableResource):
         client = self.get_client()
         what = f"Submitting {_asset_name(context)}"
         with failures_for_humans(what, storage_url=layout.storage_url):
-            batches = submit_prompts(
+            submission = submit_prompts(
                 context,
                 client,
                 prompts,
@@ -271,13 +278,14 @@ class TogetherResource(dg.ConfigurableResource):
                 template=template,
                 id_column=id_column,
                 batching=batching,
+                cost=cost,
                 file_prefix=_asset_name(context),
             )
-        metadata = submission_metadata(batches, layout)
-        if not batches:
+        metadata = submission_metadata(submission, layout)
+        if not submission.batches:
             context.log.warning("The prompts table is empty: no batch was submitted.")
             return dg.MaterializeResult(metadata=metadata)
-        batch_ids = [b.batch_id for b in batches]
+        batch_ids = [b.batch_id for b in submission.batches]
         try:
             with failures_for_humans(f"Waiting for {len(batch_ids)} batch(es)"):
                 jobs = wait_for_batches(context, client, batch_ids, wait)
@@ -296,7 +304,9 @@ class TogetherResource(dg.ConfigurableResource):
         for job in jobs:
             with failures_for_humans(f"Collecting batch {job.id}", storage_url=layout.storage_url):
                 ended.append(collect_batch(context, client, job.id, layout))
-        metadata.update(results_metadata([s for _, s in ended], uri=layout.results_url))
+        metadata.update(
+            results_metadata([s for _, s in ended], uri=layout.results_url, prices=cost.prices)
+        )
         return dg.MaterializeResult(
             metadata=metadata, check_results=_declared(context, check_results(ended, results))
         )

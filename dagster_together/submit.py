@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.options import BatchingOptions
 from dagster_together.storage import BatchStorageLayout
 
@@ -23,7 +24,13 @@ if TYPE_CHECKING:
     from dagster_together.client import BatchJob, TogetherClient
     from dagster_together.requests import RequestChunk, RequestTemplate
 
-__all__ = ["SubmittedBatch", "prove_writable", "submission_metadata", "submit_prompts"]
+__all__ = [
+    "Submission",
+    "SubmittedBatch",
+    "prove_writable",
+    "submission_metadata",
+    "submit_prompts",
+]
 
 # A batch in one of these states will never produce (more) results: a re-submit of the same
 # input must create a new batch rather than reuse it.
@@ -52,6 +59,23 @@ class SubmittedBatch:
     input_copy: str
 
 
+@dataclass(frozen=True)
+class Submission:
+    """What a submit did: its batches, and what it was estimated to cost.
+
+    Attributes:
+        batches: one per request file, in order.
+        estimate: tokens counted per model while the requests were built.
+        estimated_cost: dollars, for the models the price table knows.
+        unpriced_models: models the price table does not know (not in the estimate).
+    """
+
+    batches: list[SubmittedBatch]
+    estimate: CostEstimate
+    estimated_cost: float
+    unpriced_models: list[str]
+
+
 def endpoint_of(template: RequestTemplate | None, batching: BatchingOptions) -> str:
     """The endpoint every request targets: ``batching.endpoint``, the template's, or chat."""
     if batching.endpoint is None:
@@ -73,12 +97,15 @@ def submit_prompts(
     template: RequestTemplate | None,
     id_column: str | None,
     batching: BatchingOptions,
+    cost: CostOptions,
     file_prefix: str,
     on_batch: Callable[[str], None] | None = None,
-) -> list[SubmittedBatch]:
-    """Validate, upload and create the batches of ``prompts``; ``[]`` for an empty table.
+) -> Submission:
+    """Validate, estimate, upload and create the batches of ``prompts`` (none for an empty
+    table).
 
-    Nothing reaches the API before every request is built and validated. ``on_batch(batch_id)``
+    Nothing reaches the API before every request is built and validated and the estimate is
+    within ``cost.max_estimated_cost``. ``on_batch(batch_id)``
     runs once a batch exists and its inputs are stored: the submit asset registers the results
     partition there. A crash before that is healed by a re-run: the same request bytes get the
     same file id, and the batch on it is found and reused instead of billed again.
@@ -94,8 +121,9 @@ def submit_prompts(
     endpoint = endpoint_of(template, batching)
     # Before anything is paid for: a batch whose inputs cannot be stored cannot be joined.
     prove_writable(layout)
+    estimate = CostEstimate()
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
-        # 1. Build and validate everything before the first byte goes out.
+        # 1. Build, validate and estimate everything before the first byte goes out.
         try:
             chunks = write_request_chunks(
                 build_requests(
@@ -109,20 +137,27 @@ def submit_prompts(
                 max_bytes=batching.max_bytes_per_batch or MAX_BATCH_BYTES,
                 prefix=_file_prefix(file_prefix),
                 endpoint=endpoint,
+                observe=estimate.add,
             )
             columns = (
                 input_columns_table(prompts, id_column=id_column if template else None)
                 if chunks
                 else None
             )
+            estimated_cost = estimate.check_budget(cost)
+        except BudgetExceededError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
         except (InvalidRequestFileError, TypeError) as exc:
             # A data problem: a clean message in the UI, and no retry would help.
             raise dg.Failure(
                 description=f"The prompts cannot be submitted: {exc} Nothing was sent to Together.",
                 allow_retries=False,
             ) from exc
+        _, unpriced = estimate.cost(cost.prices)
+        submission = Submission([], estimate, estimated_cost, unpriced)
         if not chunks or columns is None:
-            return []
+            return submission
+        _log_estimate(context, submission, cost)
         _check_alignment(chunks, columns)
 
         # 2. Upload. A chunk uploaded before gets back the same file id (checksum match).
@@ -135,7 +170,6 @@ def submit_prompts(
         # 3. One list call finds batches an earlier attempt already created for these files.
         reusable = _reusable_batches(client.batches.list_batches())
 
-        batches: list[SubmittedBatch] = []
         offset = 0
         for chunk, file in zip(chunks, uploaded, strict=True):
             job = reusable.get(file.id)
@@ -179,7 +213,7 @@ def submit_prompts(
             # 5. The batch is recorded once its inputs are stored.
             if on_batch is not None:
                 on_batch(job.id)
-            batches.append(
+            submission.batches.append(
                 SubmittedBatch(
                     batch_id=job.id,
                     input_file_id=file.id,
@@ -189,7 +223,7 @@ def submit_prompts(
                     input_copy=input_copy,
                 )
             )
-    return batches
+    return submission
 
 
 def prove_writable(layout: BatchStorageLayout) -> None:
@@ -211,12 +245,15 @@ def prove_writable(layout: BatchStorageLayout) -> None:
         ) from exc
 
 
-def submission_metadata(
-    batches: Sequence[SubmittedBatch], layout: BatchStorageLayout
-) -> dict[str, Any]:
+def submission_metadata(submission: Submission, layout: BatchStorageLayout) -> dict[str, Any]:
     """The submit's metadata: each figure once, under ``together/``."""
+    batches = submission.batches
     n_reused = sum(1 for b in batches if b.reused)
+    estimate = submission.estimate
     return {
+        "together/estimated_cost_usd": round(submission.estimated_cost, 6),
+        "together/estimated_input_tokens": sum(estimate.input_tokens.values()),
+        "together/max_output_tokens": sum(estimate.output_tokens.values()),
         "together/n_batches": len(batches),
         "together/n_requests": sum(b.n_requests for b in batches),
         "together/n_created": len(batches) - n_reused,
@@ -225,6 +262,27 @@ def submission_metadata(
         "together/batches": _batches_table(batches),
         "together/storage_url": dg.MetadataValue.path(layout.storage_url),
     }
+
+
+def _log_estimate(
+    context: dg.AssetExecutionContext, submission: Submission, cost: CostOptions
+) -> None:
+    estimate = submission.estimate
+    n = sum(estimate.requests.values())
+    line = (
+        f"Estimated cost of {n:,} requests: ${submission.estimated_cost:,.4f} at the batch "
+        f"discount (about {sum(estimate.input_tokens.values()):,} input tokens, at most "
+        f"{sum(estimate.output_tokens.values()):,} output tokens; prices of "
+        f"{cost.prices.taken_on or 'your price table'})"
+    )
+    if cost.max_estimated_cost is not None:
+        line += f", within max_estimated_cost=${cost.max_estimated_cost:,.2f}"
+    context.log.info(line + ".")
+    if submission.unpriced_models:
+        context.log.warning(
+            f"No price for {', '.join(submission.unpriced_models)}: left out of the estimate. "
+            "Add them with CostOptions(prices=DEFAULT_PRICES.with_prices({...}))."
+        )
 
 
 def _file_prefix(name: str) -> str:

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from dagster_together.assets import TogetherBatchSteps, build_together_batch_defs
+from dagster_together.cost import CostOptions
 from dagster_together.options import (
     DEFAULT_SENSOR_INTERVAL_SECONDS,
     BatchingOptions,
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchingModel",
+    "CostModel",
+    "PriceModel",
     "EnvVarRef",
     "RequestTemplateModel",
     "ResultsModel",
@@ -106,6 +109,27 @@ class ResultsModel(dg.Resolvable, dg.Model):
     )
     error_rate_severity: Literal["WARN", "ERROR"] = Field(
         default="WARN", description="Severity of a failed error_rate check."
+    )
+
+
+class PriceModel(dg.Resolvable, dg.Model):
+    """Dollars per million tokens of one model, before the batch discount."""
+
+    input: float = Field(description="Per million input tokens.")
+    output: float = Field(description="Per million output tokens.")
+    batch_discount: float = Field(default=0.5, description="Share off for batch jobs.")
+
+
+class CostModel(dg.Resolvable, dg.Model):
+    """Prices and a spending limit."""
+
+    max_estimated_cost: float | None = Field(
+        default=None,
+        description="Refuse a submission estimated above this many dollars, before any upload.",
+    )
+    prices: dict[str, PriceModel] = Field(
+        default_factory=dict,
+        description="Prices added to (or replacing) the defaults, by model name.",
     )
 
 
@@ -249,6 +273,9 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     results: Annotated[
         ResultsModel, dg.Resolver.default(description="Checks on the results tables.")
     ] = Field(default_factory=ResultsModel)
+    cost: Annotated[CostModel, dg.Resolver.default(description="Prices and a spending limit.")] = (
+        Field(default_factory=CostModel)
+    )
     sensor: Annotated[
         SensorModel, dg.Resolver.default(description="The batch sensor (unless wait is set).")
     ] = Field(default_factory=SensorModel)
@@ -334,6 +361,7 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             id_column=self.id_column,
             batching=self._batching(),
             results=self._results(),
+            cost=self._cost(),
             watch=watch,
             translator=_GroupTranslator(self.group_name),
             together=self.get_resource(),
@@ -347,6 +375,7 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             id_column=self.id_column,
             batching=self._batching(),
             results=self._results(),
+            cost=self._cost(),
         )
 
     def _layout(self) -> BatchStorageLayout:
@@ -367,6 +396,15 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
 
     def _batching(self) -> BatchingOptions:
         return BatchingOptions(**self.batching.model_dump())
+
+    def _cost(self) -> CostOptions:
+        from dagster_together.cost import DEFAULT_PRICES, PriceTable
+
+        prices = PriceTable.from_dict({m: p.model_dump() for m, p in self.cost.prices.items()})
+        return CostOptions(
+            prices=DEFAULT_PRICES.with_prices(prices.prices),
+            max_estimated_cost=self.cost.max_estimated_cost,
+        )
 
     def _results(self) -> ResultsOptions:
         return ResultsOptions(

@@ -8,7 +8,7 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,7 @@ def write_request_chunks(
     prefix: str = "requests",
     endpoint: str | None = None,
     require_single_model: bool = False,
+    observe: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> list[RequestChunk]:
     """Validate requests and write them as batch input files of at most the API's limits.
 
@@ -85,6 +86,8 @@ def write_request_chunks(
         prefix: file name prefix.
         endpoint: the batch endpoint, when known; ``"url"`` keys must match it.
         require_single_model: refuse requests naming different models.
+        observe: called with every request once it passed the checks (e.g. to count tokens
+            for a cost estimate in the same pass).
 
     Returns:
         One RequestChunk per file, in order; empty when ``requests`` is empty.
@@ -145,6 +148,8 @@ def write_request_chunks(
                     f"over max_bytes={max_bytes:,}; shorten the request."
                 )
             writer.add(data, custom_id, model)
+            if observe is not None:
+                observe(request)
         result = writer.finish()
         commit_all(writer.files)
     finally:
