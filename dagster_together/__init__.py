@@ -22,7 +22,13 @@ from dagster_together.assets import TogetherBatchDefs, build_together_batch_defs
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject
 from dagster_together.components import TogetherBatchComponent
 from dagster_together.cost import CostOptions
-from dagster_together.options import BatchingOptions, ResultsOptions, SensorOptions, WaitOptions
+from dagster_together.options import (
+    BatchingOptions,
+    ResubmitOptions,
+    ResultsOptions,
+    SensorOptions,
+    WaitOptions,
+)
 from dagster_together.resources import TogetherResource
 from dagster_together.storage import BatchStorageLayout
 from dagster_together.translator import DagsterTogetherTranslator
@@ -59,6 +65,7 @@ __all__ = [
     "DagsterTogetherTranslator",
     "FileObject",
     "RequestTemplate",
+    "ResubmitOptions",
     "ResultsOptions",
     "SensorOptions",
     "TogetherBatchComponent",

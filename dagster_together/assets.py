@@ -16,16 +16,22 @@ With :class:`~dagster_together.WaitOptions` one asset, ``{name}_results``, submi
 inside its run instead (no sensor, no daemon needed).
 """
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import dagster as dg
 
-from dagster_together.collect import results_check_specs
+from dagster_together.collect import FinalTable, results_check_specs
 from dagster_together.cost import CostOptions
 from dagster_together.loader import results_io_manager
-from dagster_together.options import BatchingOptions, ResultsOptions, SensorOptions, WaitOptions
+from dagster_together.options import (
+    BatchingOptions,
+    ResubmitOptions,
+    ResultsOptions,
+    SensorOptions,
+    WaitOptions,
+)
 from dagster_together.sensors import together_batch_sensor
 from dagster_together.storage import BatchStorageLayout
 from dagster_together.translator import DagsterTogetherTranslator, TogetherBatchProps
@@ -34,7 +40,26 @@ if TYPE_CHECKING:
     from dagster_together.requests import RequestTemplate
     from dagster_together.resources import TogetherResource
 
-__all__ = ["BatchSteps", "TogetherBatchDefs", "TogetherBatchSteps", "build_together_batch_defs"]
+__all__ = [
+    "BatchSteps",
+    "BatchTargets",
+    "TogetherBatchDefs",
+    "TogetherBatchSteps",
+    "build_together_batch_defs",
+]
+
+
+@dataclass(frozen=True)
+class BatchTargets:
+    """Where a pipeline's steps record what they make.
+
+    Attributes:
+        batches: the results asset's partitions, one per batch id (follow-ups included).
+        final: the final table's asset and its partitions, one per submission.
+    """
+
+    batches: dg.DynamicPartitionsDefinition
+    final: FinalTable
 
 
 class BatchSteps(Protocol):
@@ -46,11 +71,11 @@ class BatchSteps(Protocol):
         context: dg.AssetExecutionContext,
         together: "TogetherResource",
         prompts: Any,
-        partitions_def: dg.DynamicPartitionsDefinition,
+        targets: BatchTargets,
     ) -> dg.MaterializeResult: ...
 
     def execute_results(
-        self, context: dg.AssetExecutionContext, together: "TogetherResource"
+        self, context: dg.AssetExecutionContext, together: "TogetherResource", targets: BatchTargets
     ) -> dg.MaterializeResult: ...
 
     def execute_submit_and_wait(
@@ -76,32 +101,42 @@ class TogetherBatchSteps:
     batching: BatchingOptions = BatchingOptions()
     results: ResultsOptions = ResultsOptions()
     cost: CostOptions = CostOptions()
+    resubmit: ResubmitOptions = ResubmitOptions()
 
     def execute_submit(
         self,
         context: dg.AssetExecutionContext,
         together: "TogetherResource",
         prompts: Any,
-        partitions_def: dg.DynamicPartitionsDefinition,
+        targets: BatchTargets,
     ) -> dg.MaterializeResult:
         """``{name}_batches``: submit and register one results partition per batch."""
         return together.submit_batches(
             context,
             prompts,
             storage=self.layout,
-            partitions_def=partitions_def,
+            partitions_def=targets.batches,
             template=self.template,
             id_column=self.id_column,
             batching=self.batching,
             cost=self.cost,
+            resubmit=self.resubmit,
+            final=targets.final,
         )
 
     def execute_results(
-        self, context: dg.AssetExecutionContext, together: "TogetherResource"
+        self, context: dg.AssetExecutionContext, together: "TogetherResource", targets: BatchTargets
     ) -> dg.MaterializeResult:
-        """``{name}_results``, one partition: join one ended batch."""
+        """``{name}_results``, one partition: join one ended batch, keep its answers, retry
+        what a new try may fix, and report the final table when the submission is complete."""
         return together.collect_results(
-            context, storage=self.layout, results=self.results, cost=self.cost
+            context,
+            storage=self.layout,
+            results=self.results,
+            cost=self.cost,
+            resubmit=self.resubmit,
+            partitions_def=targets.batches,
+            final=targets.final,
         )
 
     def execute_submit_and_wait(
@@ -122,6 +157,7 @@ class TogetherBatchSteps:
             results=self.results,
             wait=wait,
             cost=self.cost,
+            resubmit=self.resubmit,
         )
 
 
@@ -137,6 +173,10 @@ class TogetherBatchDefs:
         partitions_def: one key per batch id (None when waiting in the run).
         results_job: materialises one results partition; what the sensor launches.
         sensor: watches the batches and launches ``results_job`` for every finished one.
+        final_asset: ``{name}_final``: one partition per submission, one row per input row of
+            it (follow-ups and cached answers included); reported by the results step that
+            completes the submission (None when waiting in the run: the results asset is it).
+        resources: the final table's loader (in ``.defs``).
     """
 
     results_asset: dg.AssetsDefinition
@@ -145,20 +185,25 @@ class TogetherBatchDefs:
     partitions_def: dg.DynamicPartitionsDefinition | None = None
     results_job: Any = None  # what dg.define_asset_job returns (not exported by Dagster)
     sensor: dg.SensorDefinition | None = None
+    final_asset: dg.AssetSpec | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def assets(self) -> list[dg.AssetsDefinition]:
+    def assets(self) -> list[dg.AssetsDefinition | dg.AssetSpec]:
         """The pipeline's assets."""
-        return [a for a in (self.submit_asset, self.results_asset) if a is not None]
+        return [
+            a for a in (self.submit_asset, self.results_asset, self.final_asset) if a is not None
+        ]
 
     @property
     def defs(self) -> dg.Definitions:
-        """A ``dg.Definitions`` with the assets, job and sensor. Merge it with one giving the
-        ``together`` resource (unless the factory got one)."""
+        """A ``dg.Definitions`` with the assets, job, sensor and the final table's loader. Merge
+        it with one giving the ``together`` resource (unless the factory got one)."""
         return dg.Definitions(
             assets=self.assets,
             jobs=[self.results_job] if self.results_job is not None else [],
             sensors=[self.sensor] if self.sensor is not None else [],
+            resources=dict(self.resources),
         )
 
 
@@ -172,6 +217,7 @@ def build_together_batch_defs(
     batching: BatchingOptions = BatchingOptions(),
     results: ResultsOptions = ResultsOptions(),
     cost: CostOptions = CostOptions(),
+    resubmit: ResubmitOptions = ResubmitOptions(),
     watch: SensorOptions | WaitOptions = SensorOptions(),
     translator: DagsterTogetherTranslator | None = None,
     together: "TogetherResource | None" = None,
@@ -197,6 +243,8 @@ def build_together_batch_defs(
         results: the checks' thresholds and the results step's retry policy.
         cost: the price table and ``max_estimated_cost``, the spending limit checked before
             anything is uploaded.
+        resubmit: follow-up batches (``max_attempts``, the error codes never retried) and the
+            answer store (``use_answer_cache``).
         watch: :class:`~dagster_together.SensorOptions` (a sensor watches, no run waits; the
             default) or :class:`~dagster_together.WaitOptions` (one asset submits and waits in
             its run).
@@ -235,6 +283,7 @@ def build_together_batch_defs(
         batching=batching,
         results=results,
         cost=cost,
+        resubmit=resubmit,
     )
     waits = isinstance(watch, WaitOptions)
     props = TogetherBatchProps(
@@ -260,7 +309,7 @@ def build_together_batch_defs(
         "retry_policy": results.retry_policy,
         "check_specs": results_check_specs(results_spec.key, results),
         "io_manager_key": io_manager_key,
-        "resource_defs": {io_manager_key: results_io_manager(layout)},
+        "resource_defs": {io_manager_key: results_io_manager(layout, final=waits)},
     }
 
     if isinstance(watch, WaitOptions):
@@ -279,6 +328,17 @@ def build_together_batch_defs(
 
     partitions_def = dg.DynamicPartitionsDefinition(name=f"{name}_batches")
     submit_spec = translator.get_submit_spec(props)
+    final_io_manager_key = f"{name}_final_io_manager"
+    final_spec = (
+        translator.get_final_spec(props)
+        .replace_attributes(
+            deps=[results_spec.key],
+            partitions_def=dg.DynamicPartitionsDefinition(name=f"{name}_submissions"),
+        )
+        .with_io_manager_key(final_io_manager_key)
+    )
+    assert isinstance(final_spec.partitions_def, dg.DynamicPartitionsDefinition)
+    targets = BatchTargets(partitions_def, FinalTable(final_spec.key, final_spec.partitions_def))
 
     @dg.asset(
         **_spec_arguments(submit_spec),
@@ -289,7 +349,7 @@ def build_together_batch_defs(
         pool=f"together_submit_{name}",
     )
     def _submit(context: dg.AssetExecutionContext, prompts: Any) -> dg.MaterializeResult:
-        return run.execute_submit(context, resource_of(context), prompts, partitions_def)
+        return run.execute_submit(context, resource_of(context), prompts, targets)
 
     @dg.asset(
         **results_arguments,
@@ -303,7 +363,7 @@ def build_together_batch_defs(
         partitions_def=partitions_def,
     )
     def _results(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        return run.execute_results(context, resource_of(context))
+        return run.execute_results(context, resource_of(context), targets)
 
     results_job = dg.define_asset_job(
         name=f"{name}_results_job",
@@ -325,6 +385,8 @@ def build_together_batch_defs(
         partitions_def=partitions_def,
         results_job=results_job,
         sensor=sensor,
+        final_asset=final_spec,
+        resources={final_io_manager_key: results_io_manager(layout, final=True)},
     )
 
 

@@ -6,24 +6,36 @@ the ``completeness`` and ``error_rate`` check results.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dagster as dg
 
+from dagster_together.answers import ANSWER_COLUMNS, AnswerStore
 from dagster_together.cost import PriceTable, cost_of_usage
-from dagster_together.options import ResultsOptions
+from dagster_together.options import ResubmitOptions, ResultsOptions
 from dagster_together.storage import BatchStorageLayout
+from dagster_together.submissions import (
+    BatchRecord,
+    FinalSummary,
+    Submissions,
+    assemble_final,
+)
 
 if TYPE_CHECKING:
     from dagster_together.client import BatchJob, TogetherClient
     from dagster_together.results import JoinSummary
+    from dagster_together.submit import SubmittedBatch
 
 __all__ = [
     "COMPLETENESS_CHECK",
     "ERROR_RATE_CHECK",
+    "FinalTable",
     "RESULT_COLUMN_DESCRIPTIONS",
     "collect_batch",
+    "report_final",
+    "store_answers_and_follow_up",
     "results_check_specs",
     "results_metadata",
 ]
@@ -140,8 +152,105 @@ def collect_batch(
     return job, summary
 
 
+class _Table(Protocol):
+    """What a results or a final table reports (``JoinSummary``, ``FinalSummary``)."""
+
+    @property
+    def n_rows(self) -> int: ...
+    @property
+    def counts(self) -> dict[str, int]: ...
+    @property
+    def tokens_by_model(self) -> dict[str, dict[str, int]]: ...
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def preview_rows(self) -> tuple[dict[str, Any], ...]: ...
+
+
+@dataclass(frozen=True)
+class FinalTable:
+    """Where a submission's final table is reported: the asset, and its partitions (one per
+    submission)."""
+
+    asset_key: dg.AssetKey
+    partitions_def: dg.DynamicPartitionsDefinition
+
+
+def store_answers_and_follow_up(
+    context: dg.AssetExecutionContext,
+    client: TogetherClient,
+    job: BatchJob,
+    layout: BatchStorageLayout,
+    resubmit: ResubmitOptions,
+    on_batch: Callable[[str], None] | None,
+) -> tuple[BatchRecord | None, list[SubmittedBatch]]:
+    """After a batch is joined: its answers go to the answer store, and the rows a new try may
+    fix to a follow-up batch. ``(None, [])`` for a batch submitted without a record."""
+    import pyarrow.parquet as pq
+
+    from dagster_together.submit import follow_up
+
+    record = Submissions(layout).of_batch(job.id)
+    if record is None:
+        return None, []
+    fs, path = layout.filesystem(layout.results_parquet(job.id))
+    results = pq.read_table(
+        path,
+        filesystem=fs,
+        columns=["custom_id", "status", "error_code", *ANSWER_COLUMNS],
+    )
+    kfs, kpath = layout.filesystem(layout.keys_parquet(job.id))
+    stored = AnswerStore(layout).add(job.id, results, pq.read_table(kpath, filesystem=kfs))
+    context.log.info(f"{stored:,} answer(s) of batch {job.id} kept in {layout.answers_url}.")
+    follow_ups = follow_up(
+        context,
+        client,
+        record,
+        results,
+        layout=layout,
+        endpoint=job.endpoint or "/v1/chat/completions",
+        completion_window="24h",
+        resubmit=resubmit,
+        on_batch=on_batch,
+    )
+    return record, follow_ups
+
+
+def report_final(
+    context: dg.AssetExecutionContext,
+    layout: BatchStorageLayout,
+    submission_id: str,
+    *,
+    prices: PriceTable,
+    target: FinalTable | None,
+) -> FinalSummary | None:
+    """Assemble the submission's final table once every batch of it has its results, and
+    report it as a materialization of ``target`` (its partition ``submission_id``)."""
+    if not Submissions(layout).complete(submission_id):
+        return None
+    final = assemble_final(layout, submission_id)
+    context.log.info(
+        f"Submission {submission_id} is complete: {final.n_rows:,} rows ("
+        + ", ".join(f"{n:,} {status}" for status, n in sorted(final.counts.items()))
+        + f", {final.n_cached:,} from the answer store) in {final.destination}"
+    )
+    if target is not None:
+        name = target.partitions_def.name
+        assert name is not None
+        context.instance.add_dynamic_partitions(name, [submission_id])
+        metadata = results_metadata([final], uri=final.destination, prices=prices)
+        metadata["together/submission_id"] = submission_id
+        metadata["together/n_cached"] = final.n_cached
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=target.asset_key, partition=submission_id, metadata=metadata
+            )
+        )
+    return final
+
+
 def results_metadata(
-    summaries: Iterable[JoinSummary], *, uri: str, prices: PriceTable
+    summaries: Iterable[_Table], *, uri: str, prices: PriceTable
 ) -> dict[str, Any]:
     """Table metadata (``dagster/``) and ours (``together/``), each figure once: statuses,
     tokens and dollars per model and in total."""
@@ -236,6 +345,35 @@ def check_results(
     return [completeness, error_rate]
 
 
+def final_check_results(
+    final: FinalSummary, n_inputs: int, options: ResultsOptions
+) -> list[dg.AssetCheckResult]:
+    """The ``completeness`` and ``error_rate`` results over a submission's final table (after
+    every follow-up, cached rows included)."""
+    succeeded = final.counts.get("succeeded", 0)
+    rate = (1.0 - succeeded / final.n_rows) if final.n_rows else 0.0
+    counts = {f"n_{status}": n for status, n in sorted(final.counts.items())}
+    return [
+        dg.AssetCheckResult(
+            check_name=COMPLETENESS_CHECK,
+            passed=final.n_rows == n_inputs,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"n_inputs": n_inputs, "n_rows": final.n_rows},
+        ),
+        dg.AssetCheckResult(
+            check_name=ERROR_RATE_CHECK,
+            passed=rate <= options.max_error_rate,
+            severity=options.error_rate_severity,
+            metadata={
+                "error_rate": rate,
+                "max_error_rate": options.max_error_rate,
+                "n_inputs": n_inputs,
+                **counts,
+            },
+        ),
+    ]
+
+
 def _schema(columns: Iterable[tuple[str, str]]) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[
@@ -249,7 +387,7 @@ def _schema(columns: Iterable[tuple[str, str]]) -> dg.TableSchema:
     )
 
 
-def _preview(summaries: list[JoinSummary]) -> dg.TableMetadataValue:
+def _preview(summaries: list[_Table]) -> dg.TableMetadataValue:
     """A few rows as a real table (the UI lays it out in columns, unlike Markdown)."""
     rows = [row for s in summaries for row in s.preview_rows][:_PREVIEW_ROWS]
     names = list(rows[0]) if rows else ["custom_id", "status"]

@@ -20,14 +20,19 @@ __all__ = ["TogetherResultsLoader", "results_io_manager"]
 
 
 class TogetherResultsLoader(dg.IOManager):
-    """Loads the results tables of one pipeline (see :func:`results_io_manager`).
+    """Loads the tables of one pipeline (see :func:`results_io_manager`): the results of its
+    batches (partition key = batch id), or its final tables (partition key = submission id).
 
-    Writing is the results asset's own job (it reports a ``MaterializeResult``): this IO manager
-    only reads.
+    Writing is the assets' own job (they report a ``MaterializeResult``): this IO manager only
+    reads.
     """
 
-    def __init__(self, layout: BatchStorageLayout) -> None:
+    def __init__(self, layout: BatchStorageLayout, *, final: bool = False) -> None:
         self._layout = layout
+        self._final = final
+        self._column = "submission" if final else "batch_id"
+        self._root = layout.final_url if final else layout.results_url
+        self._location = layout.final_parquet if final else layout.results_parquet
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is not None:
@@ -39,50 +44,52 @@ class TogetherResultsLoader(dg.IOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         from dagster_together.failures import failures_for_humans
 
-        batch_ids = self._batch_ids(context)
+        keys = self._partition_keys(context)
         what = f"Loading {context.asset_key.to_user_string()}"
         with failures_for_humans(what, storage_url=self._layout.storage_url):
-            table, missing = self.read(batch_ids)
+            table, missing = self.read(keys)
         if missing:
+            kind = (
+                "submission(s) have no final table" if self._final else "batch(es) have no results"
+            )
             context.log.warning(
-                f"{len(missing)} batch(es) have no results yet (their partitions are not "
-                f"materialized): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}."
+                f"{len(missing)} {kind} yet (their partitions are not materialized): "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}."
             )
         context.log.info(
-            f"Loaded {table.num_rows:,} result rows of {len(batch_ids)} batch(es) "
-            f"from {self._layout.results_url}."
+            f"Loaded {table.num_rows:,} rows of {len(keys)} partition(s) from {self._root}."
         )
         return _as_requested(table, context.dagster_type.typing_type)
 
-    def read(self, batch_ids: list[str]) -> tuple[Any, list[str]]:
-        """The results of ``batch_ids`` as one pyarrow Table with a ``batch_id`` column, and the
-        batches that have no results file yet."""
+    def read(self, keys: list[str]) -> tuple[Any, list[str]]:
+        """The tables of ``keys`` (batch or submission ids) as one pyarrow Table with a
+        ``batch_id`` (or ``submission``) column, and the keys that have no file yet."""
         import pyarrow as pa
         import pyarrow.dataset as ds
 
-        fs, root = self._layout.filesystem(self._layout.results_url)
+        fs, root = self._layout.filesystem(self._root)
         paths, missing = [], []
-        for batch_id in batch_ids:
-            _, path = self._layout.filesystem(self._layout.results_parquet(batch_id))
+        for key in keys:
+            _, path = self._layout.filesystem(self._location(key))
             if fs.exists(path):
                 paths.append(path)
             else:
-                missing.append(batch_id)
+                missing.append(key)
         if not paths:
-            return pa.table({"batch_id": pa.array([], pa.string())}), missing
+            return pa.table({self._column: pa.array([], pa.string())}), missing
         dataset = ds.dataset(
             paths,
             filesystem=fs,
             format="parquet",
-            partitioning=ds.partitioning(pa.schema([("batch_id", pa.string())]), flavor="hive"),
+            partitioning=ds.partitioning(pa.schema([(self._column, pa.string())]), flavor="hive"),
             partition_base_dir=root,
         )
         return dataset.to_table(), missing
 
-    def _batch_ids(self, context: dg.InputContext) -> list[str]:
+    def _partition_keys(self, context: dg.InputContext) -> list[str]:
         if context.has_asset_partitions:
             return list(context.asset_partition_keys)
-        # Unpartitioned (the asset that waits in its run): the batches of its latest run.
+        # Unpartitioned (the asset that waits in its run): the submission of its latest run.
         event = context.instance.get_latest_materialization_event(context.asset_key)
         materialization = event.asset_materialization if event is not None else None
         if materialization is None:
@@ -90,13 +97,16 @@ class TogetherResultsLoader(dg.IOManager):
                 f"{context.asset_key.to_user_string()} has not been materialized yet: "
                 "materialize it before the assets that read its results."
             )
-        value = materialization.metadata.get("together/batch_ids")
-        return list(value.value) if value is not None else []  # type: ignore[arg-type]
+        value = materialization.metadata.get("together/submission_id")
+        return [str(value.value)] if value is not None else []
 
 
-def results_io_manager(layout: BatchStorageLayout) -> dg.IOManagerDefinition:
-    """An IO manager definition that loads the results under ``layout``."""
-    return dg.IOManagerDefinition.hardcoded_io_manager(TogetherResultsLoader(layout))
+def results_io_manager(
+    layout: BatchStorageLayout, *, final: bool = False
+) -> dg.IOManagerDefinition:
+    """An IO manager definition that loads the results (or, with ``final``, the final tables)
+    under ``layout``."""
+    return dg.IOManagerDefinition.hardcoded_io_manager(TogetherResultsLoader(layout, final=final))
 
 
 def _as_requested(table: Any, wanted: Any) -> Any:

@@ -15,9 +15,11 @@ import dagster as dg
 from dagster_together.requests import MAX_REQUESTS_PER_BATCH
 
 __all__ = [
+    "DEFAULT_FATAL_ERROR_CODES",
     "DEFAULT_RESULTS_RETRY_POLICY",
     "DEFAULT_SENSOR_INTERVAL_SECONDS",
     "BatchingOptions",
+    "ResubmitOptions",
     "ResultsOptions",
     "SensorOptions",
     "WaitOptions",
@@ -121,3 +123,42 @@ class WaitOptions:
             raise ValueError(f"poll_interval must be positive, got {self.poll_interval}.")
         if self.poll_timeout is not None and self.poll_timeout <= 0:
             raise ValueError(f"poll_timeout must be positive or None, got {self.poll_timeout}.")
+
+
+DEFAULT_FATAL_ERROR_CODES = frozenset(
+    {
+        "invalid_request_error",
+        "invalid_request",
+        "bad_request",
+        "model_not_found",
+        "model_not_available",
+        "context_length_exceeded",
+        "content_policy_violation",
+        "content_filter",
+        "invalid_api_key",
+        "authentication_error",
+        "permission_denied",
+    }
+)
+"""Error codes a second try cannot fix. Every other failure (rate limits, timeouts, server
+errors, overload, codes this library does not know), every request a batch never answered
+(``missing``) and every request lost to an EXPIRED batch is retried."""
+
+
+@dataclass(frozen=True)
+class ResubmitOptions:
+    """Follow-up batches for the requests that failed in a way a new try can fix.
+
+    Attributes:
+        max_attempts: tries per request, the first included (1: no follow-ups).
+        fatal_error_codes: error codes never retried (:data:`DEFAULT_FATAL_ERROR_CODES`).
+        use_answer_cache: look every request up in the answer store and send only the new ones.
+    """
+
+    max_attempts: int = 3
+    fatal_error_codes: frozenset[str] = DEFAULT_FATAL_ERROR_CODES
+    use_answer_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}.")

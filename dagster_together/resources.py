@@ -15,11 +15,17 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from dagster_together.cost import CostOptions
-from dagster_together.options import BatchingOptions, ResultsOptions, WaitOptions
+from dagster_together.options import (
+    BatchingOptions,
+    ResubmitOptions,
+    ResultsOptions,
+    WaitOptions,
+)
 from dagster_together.storage import BatchStorageLayout
 
 if TYPE_CHECKING:
     from dagster_together.client import Batches, Files, TogetherClient
+    from dagster_together.collect import FinalTable
     from dagster_together.requests import RequestTemplate
 
 __all__ = ["TogetherResource"]
@@ -153,15 +159,20 @@ class TogetherResource(dg.ConfigurableResource):
         id_column: str | None = None,
         batching: BatchingOptions = BatchingOptions(),
         cost: CostOptions = CostOptions(),
+        resubmit: ResubmitOptions = ResubmitOptions(),
+        final: FinalTable | None = None,
     ) -> dg.MaterializeResult:
         """Submit ``prompts`` as batches; register each batch id as a partition of
         ``partitions_def`` (the results asset's), where the batch sensor finds it.
 
-        Every request is built, validated and its cost estimated before the first upload (over
-        ``cost.max_estimated_cost`` nothing is sent); a batch created earlier
-        for identical input is reused, never billed twice. ``prompts`` is a pyarrow Table, a
-        pandas DataFrame, or the location of a Parquet or JSONL file; with ``template`` any
-        columns (``id_column`` gives ``custom_id``), without it ``custom_id`` and ``body``.
+        Every request is built and validated, looked up in the answer store (only the ones it
+        does not answer are sent) and its cost estimated before the first upload (over
+        ``cost.max_estimated_cost`` nothing is sent); a batch created earlier for identical
+        input is reused, never billed twice. The run's id names the submission; its final
+        table is reported as a partition of ``final`` once every batch has its results.
+        ``prompts`` is a pyarrow Table, a pandas DataFrame, or the location of a Parquet or
+        JSONL file; with ``template`` any columns (``id_column`` gives ``custom_id``), without
+        it ``custom_id`` and ``body``.
 
         Example:
             .. code-block:: python
@@ -173,6 +184,7 @@ class TogetherResource(dg.ConfigurableResource):
                         partitions_def=batches_partitions, template=TEMPLATE, id_column="id",
                     )
         """
+        from dagster_together.collect import report_final
         from dagster_together.failures import failures_for_humans
         from dagster_together.submit import submission_metadata, submit_prompts
 
@@ -192,10 +204,17 @@ class TogetherResource(dg.ConfigurableResource):
                 id_column=id_column,
                 batching=batching,
                 cost=cost,
+                resubmit=resubmit,
+                submission_id=context.run_id,
                 file_prefix=_asset_name(context),
                 on_batch=lambda batch_id: context.instance.add_dynamic_partitions(name, [batch_id]),
             )
-        if not submission.batches:
+            if submission.n_rows and not submission.batches:
+                # Answered whole by the answer store: the final table is ready now.
+                report_final(
+                    context, layout, submission.submission_id, prices=cost.prices, target=final
+                )
+        if not submission.n_rows:
             context.log.warning("The prompts table is empty: no batch was submitted.")
         return dg.MaterializeResult(metadata=submission_metadata(submission, layout))
 
@@ -207,25 +226,59 @@ class TogetherResource(dg.ConfigurableResource):
         batch_id: str | None = None,
         results: ResultsOptions = ResultsOptions(),
         cost: CostOptions = CostOptions(),
+        resubmit: ResubmitOptions = ResubmitOptions(),
+        partitions_def: dg.DynamicPartitionsDefinition | None = None,
+        final: FinalTable | None = None,
     ) -> dg.MaterializeResult:
         """Download one ended batch's output and error files and join them to its inputs into
         ``{storage}/results/batch_id=<id>/part-0.parquet``; ``batch_id`` defaults to the run's
-        partition key. Reports the table (rows, schema, location, statuses, tokens, a preview)
-        and the ``completeness``/``error_rate`` checks the asset declares; the cost in dollars
-        from the usage Together reported and ``cost.prices``.
+        partition key. Reports the table (rows, schema, location, statuses, tokens, cost, a
+        preview) and the ``completeness``/``error_rate`` checks the asset declares.
+
+        Then the answers go to the answer store; the rows a new try may fix go to a follow-up
+        batch (registered in ``partitions_def``, up to ``resubmit.max_attempts``); and when
+        this was the submission's last batch, its final table is assembled and reported as a
+        partition of ``final``.
         """
-        from dagster_together.collect import check_results, collect_batch, results_metadata
+        from dagster_together.collect import (
+            check_results,
+            collect_batch,
+            report_final,
+            results_metadata,
+            store_answers_and_follow_up,
+        )
         from dagster_together.failures import failures_for_humans
 
         layout = _layout(storage)
+        client = self.get_client()
         batch_id = batch_id or context.partition_key
+        register = None
+        if partitions_def is not None and partitions_def.name:
+            name = partitions_def.name
+            register = lambda new_id: context.instance.add_dynamic_partitions(name, [new_id])  # noqa: E731
         with failures_for_humans(f"Collecting batch {batch_id}", storage_url=layout.storage_url):
-            job, summary = collect_batch(context, self.get_client(), batch_id, layout)
+            job, summary = collect_batch(context, client, batch_id, layout)
+            record, follow_ups = store_answers_and_follow_up(
+                context, client, job, layout, resubmit, register
+            )
+            if record is not None and not follow_ups:
+                report_final(
+                    context, layout, record.submission_id, prices=cost.prices, target=final
+                )
         metadata = results_metadata([summary], uri=summary.destination, prices=cost.prices)
         metadata["together/batch_id"] = job.id
         metadata["together/batch_status"] = str(job.status)
         if job.error:
             metadata["together/batch_error"] = job.error
+        if record is not None:
+            metadata["together/submission_id"] = record.submission_id
+            metadata["together/attempt"] = record.attempt
+            if record.parent_batch_id:
+                metadata["together/parent_batch_id"] = record.parent_batch_id
+        if follow_ups:
+            metadata["together/follow_up_batch_ids"] = dg.MetadataValue.json(
+                [b.batch_id for b in follow_ups]
+            )
         return dg.MaterializeResult(
             metadata=metadata,
             check_results=_declared(context, check_results([(job, summary)], results)),
@@ -243,9 +296,11 @@ class TogetherResource(dg.ConfigurableResource):
         results: ResultsOptions = ResultsOptions(),
         wait: WaitOptions = WaitOptions(),
         cost: CostOptions = CostOptions(),
+        resubmit: ResubmitOptions = ResubmitOptions(),
     ) -> dg.MaterializeResult:
-        """Submit ``prompts``, wait inside this run until every batch has ended, and join the
-        results: for small jobs, or a deployment without the daemon.
+        """Submit ``prompts``, wait inside this run until every batch (follow-ups included)
+        has ended, and return the submission's final table: for small jobs, or a deployment
+        without the daemon.
 
         After ``wait.poll_timeout`` the run fails, naming the batches (left running: a re-run
         reuses them). When the run is terminated, the batches still running are cancelled if
@@ -261,7 +316,13 @@ class TogetherResource(dg.ConfigurableResource):
                         id_column="review_id", wait=WaitOptions(poll_interval=10),
                     )
         """
-        from dagster_together.collect import check_results, collect_batch, results_metadata
+        from dagster_together.collect import (
+            collect_batch,
+            final_check_results,
+            report_final,
+            results_metadata,
+            store_answers_and_follow_up,
+        )
         from dagster_together.failures import failures_for_humans
         from dagster_together.submit import submission_metadata, submit_prompts
         from dagster_together.wait import cancel_running, wait_for_batches
@@ -279,36 +340,51 @@ class TogetherResource(dg.ConfigurableResource):
                 id_column=id_column,
                 batching=batching,
                 cost=cost,
+                resubmit=resubmit,
+                submission_id=context.run_id,
                 file_prefix=_asset_name(context),
             )
         metadata = submission_metadata(submission, layout)
-        if not submission.batches:
+        if not submission.n_rows:
             context.log.warning("The prompts table is empty: no batch was submitted.")
             return dg.MaterializeResult(metadata=metadata)
-        batch_ids = [b.batch_id for b in submission.batches]
-        try:
-            with failures_for_humans(f"Waiting for {len(batch_ids)} batch(es)"):
-                jobs = wait_for_batches(context, client, batch_ids, wait)
-        except Exception:
-            raise
-        except BaseException:  # the run is being terminated
-            if wait.cancel_on_termination:
-                cancel_running(context, client, batch_ids)
-            else:
-                context.log.warning(
-                    f"Run terminated; batches {', '.join(batch_ids)} keep running "
-                    "(cancel_on_termination is off)."
-                )
-            raise
-        ended = []
-        for job in jobs:
-            with failures_for_humans(f"Collecting batch {job.id}", storage_url=layout.storage_url):
-                ended.append(collect_batch(context, client, job.id, layout))
-        metadata.update(
-            results_metadata([s for _, s in ended], uri=layout.results_url, prices=cost.prices)
-        )
+        pending = [b.batch_id for b in submission.batches]
+        while pending:
+            try:
+                with failures_for_humans(f"Waiting for {len(pending)} batch(es)"):
+                    jobs = wait_for_batches(context, client, pending, wait)
+            except Exception:
+                raise
+            except BaseException:  # the run is being terminated
+                if wait.cancel_on_termination:
+                    cancel_running(context, client, pending)
+                else:
+                    context.log.warning(
+                        f"Run terminated; batches {', '.join(pending)} keep running "
+                        "(cancel_on_termination is off)."
+                    )
+                raise
+            pending = []
+            for job in jobs:
+                with failures_for_humans(
+                    f"Collecting batch {job.id}", storage_url=layout.storage_url
+                ):
+                    collect_batch(context, client, job.id, layout)
+                    _, follow_ups = store_answers_and_follow_up(
+                        context, client, job, layout, resubmit, None
+                    )
+                pending += [b.batch_id for b in follow_ups]
+        with failures_for_humans("Assembling the final table", storage_url=layout.storage_url):
+            final = report_final(
+                context, layout, submission.submission_id, prices=cost.prices, target=None
+            )
+        assert final is not None  # every batch has its results
+        metadata.update(results_metadata([final], uri=final.destination, prices=cost.prices))
         return dg.MaterializeResult(
-            metadata=metadata, check_results=_declared(context, check_results(ended, results))
+            metadata=metadata,
+            check_results=_declared(
+                context, final_check_results(final, submission.n_rows, results)
+            ),
         )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

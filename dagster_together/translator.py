@@ -64,8 +64,9 @@ class DagsterTogetherTranslator:
         if props.waits_in_run:
             description = (
                 f"Submits the prompts of {props.prompts_key.to_user_string()} to Together's "
-                "Batch API, waits inside the run until every batch has ended, and joins the "
-                "answers to the inputs into Parquet, one row per request with its status."
+                "Batch API, waits inside the run until every batch (follow-ups included) has "
+                "ended, and writes the final table: one row per input row with its answer, "
+                "status, attempts and whether it came from the answer store."
             )
         else:
             description = (
@@ -77,5 +78,24 @@ class DagsterTogetherTranslator:
             key=dg.AssetKey(f"{props.name}_results"),
             kinds={"together", "parquet"},
             description=description,
-            metadata={"dagster/uri": dg.MetadataValue.path(props.layout.results_url)},
+            metadata={
+                "dagster/uri": dg.MetadataValue.path(
+                    props.layout.final_url if props.waits_in_run else props.layout.results_url
+                )
+            },
+        )
+
+    def get_final_spec(self, props: TogetherBatchProps) -> dg.AssetSpec:
+        """``{name}_final``: one partition per submission, one row per input row of it."""
+        return dg.AssetSpec(
+            key=dg.AssetKey(f"{props.name}_final"),
+            kinds={"together", "parquet"},
+            description=(
+                f"One table per submission of {props.prompts_key.to_user_string()} "
+                "(partition = the submit run's id): one row per input row, in input order, "
+                "with the final answer and status after every follow-up batch, the number of "
+                "attempts, the batch that answered, and whether it came from the answer store. "
+                "Reported by the results run that completes the submission."
+            ),
+            metadata={"dagster/uri": dg.MetadataValue.path(props.layout.final_url)},
         )

@@ -119,7 +119,12 @@ def materialize_results(
 
 
 def results_metadata(result: dg.ExecuteInProcessResult, bundle: TogetherBatchDefs) -> dict:
-    [mat] = result.asset_materializations_for_node(bundle.results_asset.node_def.name)
+    """The results partition's metadata (a final table reported in the same run left aside)."""
+    [mat] = [
+        m
+        for m in result.asset_materializations_for_node(bundle.results_asset.node_def.name)
+        if m.asset_key == bundle.results_asset.key
+    ]
     return values(mat.metadata)
 
 

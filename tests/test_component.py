@@ -108,7 +108,7 @@ def test_defs_yaml_loads_and_runs_end_to_end(
     with sandbox.build_all_defs() as defs:
         dg.Definitions.validate_loadable(defs)
         keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-        assert keys == {"reviews", "reviews_batches", "reviews_results"}
+        assert keys == {"reviews", "reviews_batches", "reviews_results", "reviews_final"}
         submit_def = defs.resolve_assets_def("reviews_batches")
         assert submit_def.group_names_by_key[submit_def.key] == "together"
         sensor = defs.resolve_sensor_def("reviews_batch_sensor")
@@ -138,7 +138,18 @@ def test_defs_yaml_loads_and_runs_end_to_end(
                 instance=instance, partition_key=request.partition_key, tags=request.tags
             )
             assert collected.success
-            [result_mat] = collected.asset_materializations_for_node("reviews_results")
+            [result_mat] = [
+                m
+                for m in collected.asset_materializations_for_node("reviews_results")
+                if m.asset_key == dg.AssetKey("reviews_results")
+            ]
+            # The submission's only batch: its final table is reported by the same run.
+            [final_mat] = [
+                m
+                for m in collected.asset_materializations_for_node("reviews_results")
+                if m.asset_key == dg.AssetKey("reviews_final")
+            ]
+            assert final_mat.metadata["dagster/row_count"].value == 3
             assert result_mat.metadata["dagster/row_count"].value == 3
             assert result_mat.metadata["together/n_succeeded"].value == 3
             checks = {e.check_name: e.passed for e in collected.get_asset_check_evaluations()}

@@ -143,7 +143,12 @@ def test_estimate_before_and_cost_after(
     collected = dg.materialize(
         [bundle.results_asset], partition_key=batch_id, instance=instance, resources=res
     )
-    [result] = collected.asset_materializations_for_node("docs_results")
+    by_key = {
+        m.asset_key.to_user_string(): m
+        for m in collected.asset_materializations_for_node("docs_results")
+    }
+    result, final = by_key["docs_results"], by_key["docs_final"]
+    assert final.metadata["together/cost_usd"].value == result.metadata["together/cost_usd"].value
     md = result.metadata
     real = price.cost(md["together/prompt_tokens"].value, md["together/completion_tokens"].value)
     assert md["together/cost_usd"].value == pytest.approx(real, abs=1e-6)

@@ -64,7 +64,13 @@ def test_definitions_load_against_the_configured_api(
 
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_all_asset_keys()}
-    assert keys == {"reviews", "reviews_batches", "reviews_results", "sentiment_counts"}
+    assert keys == {
+        "reviews",
+        "reviews_batches",
+        "reviews_results",
+        "reviews_final",
+        "sentiment_counts",
+    }
     sensor = defs.resolve_sensor_def("reviews_batch_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 60  # a real API: the library's default

@@ -281,7 +281,11 @@ def test_every_way_a_batch_ends_gives_every_input_once_with_its_status(
 
     result = p.materialise_results(batch_id)
     assert result.success
-    [mat] = result.asset_materializations_for_node(p.bundle.results_asset.node_def.name)
+    [mat] = [
+        m
+        for m in result.asset_materializations_for_node(p.bundle.results_asset.node_def.name)
+        if m.asset_key == p.bundle.results_asset.key
+    ]
     meta = {key.removeprefix("together/"): value.value for key, value in mat.metadata.items()}
     table = pq.read_table(p.bundle.layout.results_parquet(batch_id))
     assert table["custom_id"].to_pylist() == [str((k + 1) * 100 + i) for i in range(6)]

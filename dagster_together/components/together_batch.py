@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import dagster as dg
 from pydantic import Field, model_validator
 
-from dagster_together.assets import TogetherBatchSteps, build_together_batch_defs
+from dagster_together.assets import BatchTargets, TogetherBatchSteps, build_together_batch_defs
 from dagster_together.cost import CostOptions
 from dagster_together.options import (
     DEFAULT_SENSOR_INTERVAL_SECONDS,
     BatchingOptions,
+    ResubmitOptions,
     ResultsOptions,
     SensorOptions,
     WaitOptions,
@@ -32,6 +33,7 @@ __all__ = [
     "BatchingModel",
     "CostModel",
     "PriceModel",
+    "ResubmitModel",
     "EnvVarRef",
     "RequestTemplateModel",
     "ResultsModel",
@@ -130,6 +132,18 @@ class CostModel(dg.Resolvable, dg.Model):
     prices: dict[str, PriceModel] = Field(
         default_factory=dict,
         description="Prices added to (or replacing) the defaults, by model name.",
+    )
+
+
+class ResubmitModel(dg.Resolvable, dg.Model):
+    """Follow-up batches and the answer store."""
+
+    max_attempts: int = Field(default=3, description="Tries per request (1: no follow-ups).")
+    use_answer_cache: bool = Field(
+        default=True, description="Send only the requests the answer store does not answer."
+    )
+    fatal_error_codes: list[str] | None = Field(
+        default=None, description="Error codes never retried; unset: the library's list."
     )
 
 
@@ -276,6 +290,9 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     cost: Annotated[CostModel, dg.Resolver.default(description="Prices and a spending limit.")] = (
         Field(default_factory=CostModel)
     )
+    resubmit: Annotated[
+        ResubmitModel, dg.Resolver.default(description="Follow-up batches and the answer store.")
+    ] = Field(default_factory=ResubmitModel)
     sensor: Annotated[
         SensorModel, dg.Resolver.default(description="The batch sensor (unless wait is set).")
     ] = Field(default_factory=SensorModel)
@@ -312,16 +329,16 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         context: dg.AssetExecutionContext,
         together: TogetherResource,
         prompts: Any,
-        partitions_def: dg.DynamicPartitionsDefinition,
+        targets: BatchTargets,
     ) -> dg.MaterializeResult:
         """The body of ``{name}_batches``."""
-        return self._steps().execute_submit(context, together, prompts, partitions_def)
+        return self._steps().execute_submit(context, together, prompts, targets)
 
     def execute_results(
-        self, context: dg.AssetExecutionContext, together: TogetherResource
+        self, context: dg.AssetExecutionContext, together: TogetherResource, targets: BatchTargets
     ) -> dg.MaterializeResult:
         """The body of ``{name}_results`` (one partition)."""
-        return self._steps().execute_results(context, together)
+        return self._steps().execute_results(context, together, targets)
 
     def execute_submit_and_wait(
         self,
@@ -362,6 +379,7 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             batching=self._batching(),
             results=self._results(),
             cost=self._cost(),
+            resubmit=self._resubmit(),
             watch=watch,
             translator=_GroupTranslator(self.group_name),
             together=self.get_resource(),
@@ -376,6 +394,7 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             batching=self._batching(),
             results=self._results(),
             cost=self._cost(),
+            resubmit=self._resubmit(),
         )
 
     def _layout(self) -> BatchStorageLayout:
@@ -396,6 +415,18 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
 
     def _batching(self) -> BatchingOptions:
         return BatchingOptions(**self.batching.model_dump())
+
+    def _resubmit(self) -> ResubmitOptions:
+        model = self.resubmit
+        if model.fatal_error_codes is None:
+            return ResubmitOptions(
+                max_attempts=model.max_attempts, use_answer_cache=model.use_answer_cache
+            )
+        return ResubmitOptions(
+            max_attempts=model.max_attempts,
+            use_answer_cache=model.use_answer_cache,
+            fatal_error_codes=frozenset(model.fatal_error_codes),
+        )
 
     def _cost(self) -> CostOptions:
         from dagster_together.cost import DEFAULT_PRICES, PriceTable

@@ -17,8 +17,11 @@ COMPLETIONS_ENDPOINT = "/v1/completions"
 AUDIO_ENDPOINTS = ("/v1/audio/transcriptions", "/v1/audio/translations")
 SUPPORTED_ENDPOINTS = (CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, *AUDIO_ENDPOINTS)
 
-#: A last user message containing this text fails into the error file.
+#: A last user message containing this text fails into the error file. ``EMULATE_ERROR:code``
+#: chooses the error code; ``EMULATE_ERROR_ONCE:code`` fails only the first time a request (its
+#: custom_id and prompt) is seen, as a transient failure would.
 ERROR_MARKER = "EMULATE_ERROR"
+_ERROR_REQUEST = re.compile(r"EMULATE_ERROR(_ONCE)?(?::([a-z_]+))?")
 
 _WORD = re.compile(r"[a-z']+")
 # Label words ("positive", "negative", "neutral") are left out on purpose: prompts often list
@@ -128,6 +131,7 @@ class Responder:
 
     def __init__(self, fail_pattern: str | None = None) -> None:
         self._fail = re.compile(fail_pattern) if fail_pattern else None
+        self._failed_once: set[str] = set()
 
     def line(
         self,
@@ -211,10 +215,15 @@ class Responder:
         )
 
     def _maybe_fail(self, custom_id: str, prompt: str) -> None:
-        if ERROR_MARKER in prompt:
-            raise RequestFailure(
-                "Emulated failure: the prompt asked for an error", "emulated_error"
-            )
+        marker = _ERROR_REQUEST.search(prompt)
+        if marker is not None:
+            once, code = marker.group(1), marker.group(2) or "emulated_error"
+            if once:  # fails the first time this request is seen, answers every later time
+                seen = f"{custom_id}\0{prompt}"
+                if seen in self._failed_once:
+                    return
+                self._failed_once.add(seen)
+            raise RequestFailure(f"Emulated failure: the prompt asked for an error ({code})", code)
         if self._fail is not None and self._fail.search(custom_id):
             raise RequestFailure(
                 "Emulated failure: custom_id matches fail_pattern", "emulated_error"

@@ -210,6 +210,13 @@ class Emulator:
         """
         return self._files.add(source, purpose=purpose, filename=filename, move=move)
 
+    def file_content(self, file_id: str) -> bytes:
+        """The bytes of a file (an uploaded request file, an output), for tests to inspect
+        exactly what the service received or sent."""
+        handle, _ = self._files.open_content(file_id)
+        with handle:
+            return handle.read()
+
     def batches(self) -> list[dict[str, Any]]:
         """Every batch job as the API would answer it (BatchJob dicts)."""
         return self._batches.list()

@@ -8,7 +8,7 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,7 @@ def write_request_chunks(
     endpoint: str | None = None,
     require_single_model: bool = False,
     observe: Callable[[Mapping[str, Any]], None] | None = None,
+    exclude: Container[str] = (),
 ) -> list[RequestChunk]:
     """Validate requests and write them as batch input files of at most the API's limits.
 
@@ -86,8 +87,10 @@ def write_request_chunks(
         prefix: file name prefix.
         endpoint: the batch endpoint, when known; ``"url"`` keys must match it.
         require_single_model: refuse requests naming different models.
-        observe: called with every request once it passed the checks (e.g. to count tokens
-            for a cost estimate in the same pass).
+        observe: called with every request written, once it passed the checks (e.g. to count
+            tokens for a cost estimate in the same pass).
+        exclude: ``custom_id`` values checked like the others but not written (requests the
+            answer store already answers).
 
     Returns:
         One RequestChunk per file, in order; empty when ``requests`` is empty.
@@ -147,6 +150,8 @@ def write_request_chunks(
                     f"{rules.label(pos)}: {rules.subject(custom_id)} is {len(data):,} bytes as JSON, "
                     f"over max_bytes={max_bytes:,}; shorten the request."
                 )
+            if custom_id in exclude:
+                continue
             writer.add(data, custom_id, model)
             if observe is not None:
                 observe(request)

@@ -3,7 +3,7 @@
 * :mod:`~dagster_together.storage.urls`: a location (local path or fsspec URL) to a filesystem,
   and composing locations (:func:`filesystem`, :func:`is_local`, :func:`join`, :func:`parent`);
 * :mod:`~dagster_together.storage.publish`: atomic publishing, the one way files are written
-  (:func:`open_pending`, :func:`publish_file`, :func:`commit_all`);
+  (:func:`open_pending`, :func:`publish_file`, :func:`publish_parquet`, :func:`commit_all`);
 * :mod:`~dagster_together.storage.layout`: where a batch pipeline keeps its files
   (:class:`BatchStorageLayout`).
 
@@ -22,6 +22,7 @@ from dagster_together.storage.publish import (
     commit_all,
     open_pending,
     publish_file,
+    publish_parquet,
 )
 from dagster_together.storage.urls import filesystem, is_local, join, parent
 
@@ -38,4 +39,5 @@ __all__ = [
     "open_pending",
     "parent",
     "publish_file",
+    "publish_parquet",
 ]

@@ -6,7 +6,13 @@
     {storage_url}/batches/{batch_id}/inputs.parquet   custom_id + the user's own columns
     {storage_url}/batches/{batch_id}/output.jsonl     Together's output file, as downloaded
     {storage_url}/batches/{batch_id}/errors.jsonl     Together's error file, as downloaded
+    {storage_url}/batches/{batch_id}/keys.parquet     custom_id -> the request's content key
+    {storage_url}/batches/{batch_id}/submission.json  its submission and attempt
     {storage_url}/results/batch_id={batch_id}/part-0.parquet   the joined results
+    {storage_url}/answers/batch_id={batch_id}/part-0.parquet   the batch's answers, by content key
+    {storage_url}/submissions/{submission_id}/inputs.parquet   a submission's rows, in input order
+    {storage_url}/submissions/{submission_id}/batches/{batch_id}.json   its batches, one file each
+    {storage_url}/final/submission={submission_id}/part-0.parquet  its final table
 
 ``results/`` is a hive-partitioned Parquet dataset: DuckDB, Spark, Trino or
 ``pyarrow.dataset.dataset(layout.results_url, partitioning="hive")`` read every batch as one table.
@@ -67,6 +73,48 @@ class BatchStorageLayout:
     def results_parquet(self, batch_id: str) -> str:
         """The joined results of one batch."""
         return join(self.results_url, f"batch_id={_safe(batch_id)}", "part-0.parquet")
+
+    def batch_record(self, batch_id: str) -> str:
+        """Which submission the batch answers, and its attempt."""
+        return join(self.batch_dir(batch_id), "submission.json")
+
+    def keys_parquet(self, batch_id: str) -> str:
+        """``custom_id`` and content key of this batch's requests (for the answer store)."""
+        return join(self.batch_dir(batch_id), "keys.parquet")
+
+    @property
+    def answers_url(self) -> str:
+        """The root of the answer store (every batch's successful answers)."""
+        return join(self.storage_url, "answers")
+
+    def answers_parquet(self, batch_id: str) -> str:
+        """One batch's successful answers."""
+        return join(self.answers_url, f"batch_id={_safe(batch_id)}", "part-0.parquet")
+
+    def submission_dir(self, submission_id: str) -> str:
+        """``{storage_url}/submissions/{submission_id}``: what one submit run asked for."""
+        return join(self.storage_url, "submissions", _safe(submission_id))
+
+    def submission_inputs(self, submission_id: str) -> str:
+        """A submission's rows in input order: ids, content keys, cache hits, user columns."""
+        return join(self.submission_dir(submission_id), "inputs.parquet")
+
+    def submission_batches(self, submission_id: str) -> str:
+        """The folder of a submission's batch records."""
+        return join(self.submission_dir(submission_id), "batches")
+
+    def submission_batch(self, submission_id: str, batch_id: str) -> str:
+        """The record of one batch of a submission (attempt, parent)."""
+        return join(self.submission_batches(submission_id), f"{_safe(batch_id)}.json")
+
+    @property
+    def final_url(self) -> str:
+        """The root of the final tables (one per submission, hive-partitioned)."""
+        return join(self.storage_url, "final")
+
+    def final_parquet(self, submission_id: str) -> str:
+        """A submission's final table."""
+        return join(self.final_url, f"submission={_safe(submission_id)}", "part-0.parquet")
 
     # -- small fsspec helpers ------------------------------------------------------------------
     def filesystem(self, location: str) -> tuple[Any, str]:

@@ -381,6 +381,17 @@ def publish_file(
         _copy(os.fspath(local_path), out)
 
 
+def publish_parquet(
+    table: Any, location: str, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Write a pyarrow ``table`` as one Parquet file at ``location``, published atomically."""
+    import pyarrow.parquet as pq
+
+    with open_pending(location, storage_options, stage_locally=True) as out:
+        assert out.local_path is not None
+        pq.write_table(table, out.local_path)
+
+
 def commit_all(files: Sequence[PendingFile]) -> None:
     """Commit ``files`` as one set: if one fails, the rest are aborted and those already
     committed are removed again (best effort), so a failure leaves no half set behind."""
