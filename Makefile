@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m example_project.demo
 
-# The Dagster UI on the example project, with the emulator running.
+# The Dagster UI on the example project (`dg dev`), with the emulator running.
 dev: $(STAMP)
 	$(BIN)/python -m example_project.dev
 

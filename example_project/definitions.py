@@ -1,4 +1,5 @@
-"""The example code location: ``dagster dev`` in the repository root opens it.
+"""The example code location: ``dg dev`` (and ``dg check defs``, ``dg list defs``) in the
+repository root opens it (``[tool.dg.project]`` in ``pyproject.toml``).
 
 Built from the environment (``TOGETHER_BASE_URL``, ``TOGETHER_API_KEY``, ``TOGETHER_OUTPUT_URL``:
 see :mod:`example_project.pipeline`). With no ``TOGETHER_BASE_URL`` loading it makes sure the

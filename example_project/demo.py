@@ -65,7 +65,7 @@ _QUIET_RUN_CONFIG: dict[str, Any] = {"loggers": {"console": {"config": {"log_lev
 _DAGSTER_YAML = """\
 # The Dagster instance of `make demo` and `make dev`: runs, materialisations, sensor ticks.
 # Nothing configured: Dagster's defaults (SQLite storage in this folder, runs queued and
-# launched by the daemon that `dagster dev` starts). See
+# launched by the daemon that `dg dev` starts). See
 # https://docs.dagster.io/guides/deploy/dagster-yaml for what can go here.
 """
 

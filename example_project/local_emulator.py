@@ -1,7 +1,7 @@
 """One local Together emulator for every process that loads the example project.
 
-Dagster loads a code location in several processes: the code server behind ``dagster dev``, each
-run worker, the daemon. Each of them imports ``example_project.definitions``, and with no
+Dagster loads a code location in several processes: the code server behind ``dg dev``, each run
+worker, the daemon. Each of them imports ``example_project.definitions``, and with no
 ``TOGETHER_BASE_URL`` set each of them calls :func:`ensure_emulator`. They must all talk to
 the *same* emulator, because it keeps its files and batches in memory: a batch created by the
 submit run has to be visible to the sensor in the daemon and to the results run.
@@ -19,8 +19,8 @@ So :func:`ensure_emulator`:
 
 The emulator keeps running after the process that started it exits; :func:`stop_emulator`
 stops it (``make demo`` and ``make dev`` do so for an emulator they started themselves), or
-``kill $(cat .demo/emulator.pid)``. POSIX only (``fcntl``, sessions), like ``dagster dev``'s
-own process handling on Linux and macOS.
+``kill $(cat .demo/emulator.pid)``. POSIX only (``fcntl``, sessions), like ``dg dev``'s own
+process handling on Linux and macOS.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def build_pipeline(
         template=TEMPLATE,
         id_column="review_id",
         translator=ReviewsTranslator(),
-        # RUNNING is the library's default too; spelled out because `dagster dev` should just work.
+        # RUNNING is the library's default too; spelled out because `dg dev` should just work.
         watch=SensorOptions(
             minimum_interval_seconds=sensor_interval_seconds,
             default_status=dg.DefaultSensorStatus.RUNNING,

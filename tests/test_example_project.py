@@ -24,6 +24,7 @@ import pytest
 from dagster_together.results import STATUSES
 from example_project import local_emulator, pipeline
 from example_project.demo import run_demo
+from example_project.dev import dg_command, dg_environment
 from example_project.reviews import make_reviews
 from tests.helpers import free_port
 
@@ -228,7 +229,7 @@ def test_local_emulator_start_and_stop_in_process(tmp_path: Path, emulator_port:
 def test_make_dev_serves_the_example_and_shuts_down(
     emulator: Any, api_key: str, tmp_path: Path
 ) -> None:
-    """``python -m example_project.dev``: dagster dev on the example, stopped like ``kill``."""
+    """``python -m example_project.dev``: ``dg dev`` on the example, stopped like ``kill``."""
     port = free_port()
     env = {
         **os.environ,
@@ -237,6 +238,7 @@ def test_make_dev_serves_the_example_and_shuts_down(
         "TOGETHER_OUTPUT_URL": str(tmp_path / "out"),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
     }
+    env.pop("VIRTUAL_ENV", None)  # `make dev` from a shell where .venv is not activated
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -267,7 +269,8 @@ def test_make_dev_serves_the_example_and_shuts_down(
                     pass
                 time.sleep(0.5)
         [repo] = nodes
-        assert repo["location"]["name"] == "example_project"  # from pyproject's [tool.dagster]
+        # From pyproject's [tool.dg.project] (else dg names it after the repository's folder).
+        assert repo["location"]["name"] == "example_project"
         assert repo["sensors"] == [
             {"name": "reviews_batch_sensor", "sensorState": {"status": "RUNNING"}}
         ]
@@ -275,10 +278,85 @@ def test_make_dev_serves_the_example_and_shuts_down(
 
         proc.send_signal(signal.SIGTERM)  # `kill <pid>`: shut down the way Ctrl-C does
         proc.wait(60)
-        assert "Dagster services shut down" in log_path.read_text()
+        text = log_path.read_text()
+        assert "Dagster services shut down" in text
+        # dg dev (it checks the project's component YAML first), not the superseded
+        # `dagster dev`, and dg is content with the environment it runs in.
+        assert "All component YAML validated successfully." in text
+        assert "SupersessionWarning" not in text and "DeprecationWarning" not in text
+        assert "does not match the virtual environment" not in text
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+@pytest.fixture
+def local_emulator_stopped_after() -> Iterator[None]:
+    """Stop the local emulator (port 8765, ``.demo``) afterwards if the test started it.
+
+    With no ``TOGETHER_BASE_URL``, loading the example starts it in the background and leaves it
+    running; one that was already up (``make dev``, another checkout) is left alone.
+    """
+    pid_file = local_emulator.DEMO_DIR / "emulator.pid"
+    was_up = local_emulator.emulator_is_up(local_emulator.DEFAULT_PORT)
+    pid_before = local_emulator._read_pid(pid_file)
+    try:
+        yield
+    finally:
+        pid = local_emulator._read_pid(pid_file)
+        if not was_up and pid is not None and pid != pid_before:
+            port = local_emulator.DEFAULT_PORT
+            started = local_emulator.LocalEmulator(
+                f"http://127.0.0.1:{port}/v1", port, pid, True, local_emulator.DEMO_DIR
+            )
+            assert local_emulator.stop_emulator(started)
+            deadline = time.monotonic() + 10
+            while local_emulator.emulator_is_up(port, timeout=0.2):
+                assert time.monotonic() < deadline, "the local emulator did not stop"
+                time.sleep(0.05)
+
+
+def _dg(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*dg_command(), *args],
+        cwd=str(REPO_ROOT),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"dg {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    assert "SupersessionWarning" not in done.stderr and "DeprecationWarning" not in done.stderr
+    return done
+
+
+@pytest.mark.timeout(180)
+def test_dg_checks_and_lists_the_example_on_the_local_emulator(
+    tmp_path: Path, local_emulator_stopped_after: None
+) -> None:
+    """``dg check defs`` and ``dg list defs`` in the repository root, no TOGETHER_BASE_URL."""
+    env = {
+        **dg_environment(),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "TOGETHER_OUTPUT_URL": str(tmp_path / "out"),
+    }
+    for name in ("TOGETHER_BASE_URL", "TOGETHER_API_KEY"):
+        env.pop(name, None)
+    (tmp_path / "dagster_home").mkdir()
+
+    checked = _dg("check", "defs", env=env)
+    assert "All definitions loaded successfully." in checked.stdout
+
+    listed = json.loads(_dg("list", "defs", "--json", env=env).stdout)
+    assets = {asset["asset_key"] for asset in listed["assets"]}
+    assert {"reviews", "reviews_batches", "reviews_results"} <= assets
+    assert [sensor["name"] for sensor in listed["sensors"]] == ["reviews_batch_sensor"]
+
+    # The library's component type, found through its `dagster_dg_cli.registry_modules` entry
+    # point, next to the project's [tool.dg] configuration.
+    components = json.loads(_dg("list", "components", "--json", env=env).stdout)
+    assert "dagster_together.TogetherBatchComponent" in {c["key"] for c in components["items"]}
