@@ -81,12 +81,15 @@ class DemoResult:
     """What the demo produced.
 
     Attributes:
-        location: the Parquet file of the batch (or the dataset directory for several batches).
-        batch_ids: the batches the submit created or reused.
-        n_rows: rows in the results of those batches.
+        location: the submission's final table (one row per review).
+        batch_ids: the batches the submit created or reused (none when all were cached).
+        n_rows: rows in the final table.
         counts: rows per status.
         reused: batch ids the submit reused instead of creating.
         already_materialised: batch ids whose results existed before this demo run.
+        submission_id: the submit run's id, naming its final table.
+        n_sent: requests sent to Together by this run.
+        n_cached: requests the answer store answered instead.
     """
 
     location: str
@@ -95,6 +98,9 @@ class DemoResult:
     counts: dict[str, int]
     reused: list[str] = field(default_factory=list)
     already_materialised: list[str] = field(default_factory=list)
+    submission_id: str = ""
+    n_sent: int = 0
+    n_cached: int = 0
 
 
 def prepare_dagster_home(path: str | os.PathLike[str]) -> Path:
@@ -221,6 +227,7 @@ def _run(
     run_config = {} if verbose else _QUIET_RUN_CONFIG
     batches = pipeline.batches
     defs = pipeline.defs
+    layout = batches.layout
 
     # 1. Submit ----------------------------------------------------------------------------
     say(f"\n1/3 Submit: {SUBMIT_JOB_NAME} (reviews -> reviews_batches)")
@@ -229,39 +236,56 @@ def _run(
     )
     if not submit.success:
         raise DemoError(f"The submit run {submit.run_id} failed: {_failure(submit)}")
-    [mat] = submit.asset_materializations_for_node(batches.submit_asset.node_def.name)
+    assert batches.submit_asset is not None
+    # (A submission the answer store answers whole also reports its final table here.)
+    [mat] = [
+        m
+        for m in submit.asset_materializations_for_node(batches.submit_asset.node_def.name)
+        if m.asset_key == batches.submit_asset.key
+    ]
+    meta = {key: value.value for key, value in mat.metadata.items()}
+    submission_id = str(meta["together/submission_id"])
     table_value = mat.metadata["together/batches"]
     assert isinstance(table_value, dg.TableMetadataValue)
     rows: list[dict[str, Any]] = [record.data for record in table_value.records]
-    batch_ids = [str(b) for b in mat.metadata["together/batch_ids"].value]  # type: ignore[union-attr]
+    batch_ids = [str(b) for b in meta["together/batch_ids"]]  # type: ignore[union-attr]
     reused = [str(row["batch_id"]) for row in rows if row["reused"]]
-    say(f"   run {submit.run_id}: {sum(r['n_requests'] for r in rows)} requests")
+    n_cached = int(meta["together/n_cached"])  # type: ignore[arg-type]
+    n_sent = int(meta["together/n_rows"]) - n_cached  # type: ignore[arg-type]
+    say(
+        f"   run {submit.run_id}: {n_sent} request(s) sent, {n_cached} answered from the "
+        "answer store (not paid again)"
+    )
+    say(f"   estimated cost of what was sent: ${meta['together/estimated_cost_usd']:.4f}")
     for row in rows:
         how = "reused (identical input submitted before)" if row["reused"] else "created"
         say(f"   batch {row['batch_id']}: {row['n_requests']} requests, {how}, {row['status']}")
 
-    # 2. Watch: the real sensor, tick by tick --------------------------------------------------
+    # 2. Watch: the real sensor, tick by tick, until the submission's final table exists -----
+    assert batches.sensor is not None and batches.final_asset is not None
     sensor = defs.resolve_sensor_def(batches.sensor.name)
     results_job = defs.resolve_job_def(batches.results_job.name)
-    results_key = batches.results_asset.key
+    final_location = layout.final_parquet(submission_id)
     say(f"\n2/3 Watch: sensor {sensor.name} every {poll_seconds:g} s")
-    done_before = sorted(set(batch_ids) & instance.get_materialized_partitions(results_key))
+    done_before = sorted(
+        set(batch_ids) & instance.get_materialized_partitions(batches.results_asset.key)
+    )
     for batch_id in done_before:
         say(
             f"   batch {batch_id}: results already materialised by an earlier run; "
             "not fetched again"
         )
-    pending = set(batch_ids) - set(done_before)
+    if layout.exists(final_location):
+        say("   nothing to wait for: every review was answered before")
     cursor: str | None = None
     deadline = time.monotonic() + timeout
     tick = 0
-    while pending:
+    while not layout.exists(final_location):
         if time.monotonic() > deadline:
             raise DemoError(
-                f"Timed out after {timeout:g} s with {len(pending)} batch(es) not retrieved: "
-                f"{', '.join(sorted(pending))}. Nothing is lost: the batches keep running at "
-                "Together. Run the demo again (the submit reuses them) or `make dev` (the "
-                "sensor is on there) to collect them."
+                f"Timed out after {timeout:g} s before submission {submission_id} was complete. "
+                "Nothing is lost: the batches keep running at Together. Run the demo again (the "
+                "submit reuses them) or `make dev` (the sensor is on there) to collect them."
             )
         tick += 1
         result = _tick(sensor, defs, instance, cursor, say, tick)
@@ -292,33 +316,38 @@ def _run(
                     f"{_failure(run)}"
                 )
             say(f"   run {run.run_id}: {results_job.name} [{request.partition_key}] succeeded")
-        pending -= instance.get_materialized_partitions(results_key)
-        if pending and not requests:
+        if not layout.exists(final_location) and not requests:
             time.sleep(poll_seconds)
 
-    # 3. Results -------------------------------------------------------------------------------
+    # 3. Results: the submission's final table -------------------------------------------------
     say(
         "\n3/3 Results"
         + (" (the emulator answers with a keyword rule, not a model)" if uses_emulator else "")
     )
-    layout = batches.layout
-    files = [layout.results_parquet(batch_id) for batch_id in batch_ids]
-    table = _read_results(layout, files)
+    table = _read_results(layout, [final_location])
     counts = dict(Counter(table.column("status").to_pylist()))
     _print_rows(say, table)
     say(
         f"   {table.num_rows} rows for {N_REVIEWS} reviews; status: "
         + ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+        + f"; {sum(table.column('cached').to_pylist())} from the answer store"
     )
-    location = files[0] if len(files) == 1 else layout.results_url
-    say(f"results: {location}")
+    event = instance.get_latest_materialization_event(batches.final_asset.key)
+    reported = event.asset_materialization if event is not None else None
+    if reported is not None and "together/cost_usd" in reported.metadata:
+        cost = reported.metadata["together/cost_usd"].value
+        say(f"   real cost (from the usage Together reported): ${cost:.4f}")
+    say(f"results: {final_location}")
     return DemoResult(
-        location=location,
+        location=final_location,
         batch_ids=batch_ids,
         n_rows=table.num_rows,
         counts=counts,
         reused=reused,
         already_materialised=done_before,
+        submission_id=submission_id,
+        n_sent=n_sent,
+        n_cached=n_cached,
     )
 
 

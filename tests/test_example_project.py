@@ -109,9 +109,11 @@ def test_demo_end_to_end_through_the_sensor_and_again(
     text = out.getvalue()
 
     [batch_id] = result.batch_ids
-    parquet = tmp_path / "data" / "results" / f"batch_id={batch_id}" / "part-0.parquet"
+    parquet = tmp_path / "data" / "final" / f"submission={result.submission_id}" / "part-0.parquet"
     assert _last_line(text) == f"results: {parquet}"
     assert result.location == str(parquet)
+    assert result.n_sent == N_REVIEWS and result.n_cached == 0
+    assert "estimated cost of what was sent: $" in text and "real cost" in text
     # The real sensor decided: it asked for the run itself, once.
     assert f"Batch {batch_id} is COMPLETED: requesting its results run." in text
     assert text.count("reviews_results_job [") == 1
@@ -119,7 +121,7 @@ def test_demo_end_to_end_through_the_sensor_and_again(
     table = pq.read_table(parquet)
     assert table.num_rows == N_REVIEWS
     ids = table.column("custom_id").to_pylist()
-    assert sorted(ids) == sorted(str(row["review_id"]) for row in make_reviews(N_REVIEWS))
+    assert ids == [str(row["review_id"]) for row in make_reviews(N_REVIEWS)]  # input order
     assert len(set(ids)) == N_REVIEWS
     assert set(table.column("status").to_pylist()) <= set(STATUSES)
     assert result.counts == {"succeeded": N_REVIEWS}
@@ -130,14 +132,15 @@ def test_demo_end_to_end_through_the_sensor_and_again(
         assert [run.tags["dagster-together/batch_status"] for run in runs] == ["COMPLETED"]
         assert runs[0].tags["dagster/partition"] == batch_id
 
-    # Again: the identical batch is reused, its results are not fetched a second time, and
-    # the same rows are printed from the existing Parquet.
+    # Again: every review is answered by the answer store, nothing is sent or paid again, and
+    # the second submission's final table still has one row per review (not twice as many).
     out = io.StringIO()
     again = run_demo(out=out, **kwargs)
-    assert again.batch_ids == [batch_id] and again.reused == [batch_id]
-    assert again.already_materialised == [batch_id]
-    assert _last_line(out.getvalue()) == f"results: {parquet}"
-    assert again.n_rows == N_REVIEWS
+    assert again.batch_ids == [] and again.n_sent == 0 and again.n_cached == N_REVIEWS
+    second = tmp_path / "data" / "final" / f"submission={again.submission_id}" / "part-0.parquet"
+    assert _last_line(out.getvalue()) == f"results: {second}"
+    assert again.n_rows == N_REVIEWS and again.counts == {"succeeded": N_REVIEWS}
+    assert f"0 request(s) sent, {N_REVIEWS} answered from the answer store" in out.getvalue()
     created = [r for r in emulator.requests if (r.method, r.path) == ("POST", "/v1/batches")]
     assert len(created) == 1
 
