@@ -44,15 +44,15 @@ def fresh_location(
 
 def test_the_readme_has_the_snippets_this_test_runs() -> None:
     snippets = python_snippets()
-    assert len(snippets) == 5
-    assert "build_together_batch_defs(" in snippets[0] and "TogetherClient()" in snippets[4]
+    assert len(snippets) == 6
+    assert "build_together_batch_defs(" in snippets[0] and "TogetherClient()" in snippets[5]
 
 
 def test_code_location_snippets_run_as_pasted(
     fresh_location: Path, emulator: Any, instance: dg.DagsterInstance
 ) -> None:
-    # The first four snippets build on each other (the second reuses `reviews`, ...).
-    code = "\n\n".join(python_snippets()[:4])
+    # The first five snippets build on each other (the second reuses `reviews`, ...).
+    code = "\n\n".join(python_snippets()[:5])
     code += "\n\nteam = build_together_batch_defs(name='team', prompts=reviews, storage='data/team', translator=TeamTranslator())\n"
     (fresh_location / "definitions.py").write_text(code)
     module = _load(fresh_location / "definitions.py")
@@ -78,6 +78,10 @@ def test_code_location_snippets_run_as_pasted(
     )
     assert collected.success
     assert (fresh_location / "data/together/sentiment/results").is_dir()
+    # The submission's final table was reported by the same run.
+    event = instance.get_latest_materialization_event(dg.AssetKey("sentiment_final"))
+    assert event is not None and event.asset_materialization is not None
+    assert event.asset_materialization.metadata["dagster/row_count"].value == 2
 
     # Downstream: the counts over every batch's answers.
     counted = dg.materialize(
@@ -99,8 +103,9 @@ def test_code_location_snippets_run_as_pasted(
     [own] = waited.asset_materializations_for_node("tagged_reviews")
     assert own.metadata["together/n_succeeded"].value == 2
 
-    # The translator.
+    # The translator, and the budgeted pipeline's options.
     assert module.team.results_asset.key == dg.AssetKey(["llm", "team_results"])
+    assert module.budgeted.final_asset.key == dg.AssetKey("budgeted_final")
 
 
 def test_plain_python_snippet_runs_as_pasted(fresh_location: Path) -> None:
@@ -109,7 +114,7 @@ def test_plain_python_snippet_runs_as_pasted(fresh_location: Path) -> None:
             body = {"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]}
             handle.write(json.dumps({"custom_id": f"r{i}", "body": body}) + "\n")
     scope: dict[str, Any] = {}
-    exec(python_snippets()[4], scope)
+    exec(python_snippets()[5], scope)
     scope["client"].close()
     assert scope["summary"].counts["succeeded"] == 3
     assert (fresh_location / "results.parquet").exists()
