@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
 from dagster_together.requests.rules import _DECODER, RowNaming, json_type
-from dagster_together.requests.template import RequestTemplate
+from dagster_together.requests.template import AudioTemplate, RequestTemplate
 from dagster_together.storage import filesystem, open_pending
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -207,7 +207,7 @@ class TableRequests(Iterator[dict[str, Any]]):
 def build_requests(
     source: Any,
     *,
-    template: RequestTemplate | None = None,
+    template: RequestTemplate | AudioTemplate | None = None,
     id_column: str | None = None,
     endpoint: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
@@ -246,7 +246,7 @@ def build_requests(
 
 def _build(
     source: Any,
-    template: RequestTemplate | None,
+    template: RequestTemplate | AudioTemplate | None,
     id_column: str | None,
     endpoint: str | None,
     storage_options: Mapping[str, Any] | None,
@@ -274,29 +274,116 @@ def _build(
             )
         id_column = "custom_id"
     naming.column = id_column
-    wanted = [id_column, template.prompt_column]
+    used = template.placeholders()
     if names is not None:
-        absent = [c for c in dict.fromkeys(wanted) if c not in names]
-        if absent:
+        if id_column not in names:
             raise InvalidRequestFileError(
-                f"{table.name}: has no column {absent[0]!r} (columns: {names}); check id_column "
-                "and RequestTemplate.prompt_column."
+                f"{table.name}: has no column {id_column!r} (columns: {names}); check id_column."
             )
-    for pos, row in table.rows(list(dict.fromkeys(wanted))):
+        for column, where in used.items():
+            if column not in names:
+                raise InvalidRequestFileError(
+                    f"{table.name}: has no column {column!r}, which the template uses "
+                    f"({where}); columns: {names}. Check the template's column names."
+                )
+    wanted = list(dict.fromkeys([id_column, *used]))
+    if isinstance(template, AudioTemplate):
+        make = _audio_body(template, naming, id_column)
+    else:
+        make = _chat_body(template, naming, id_column, used, storage_options)
+    for pos, row in table.rows(wanted):
         custom_id = _id_text(row.get(id_column))
         if custom_id is None:
             raise InvalidRequestFileError(
                 f"{naming.where(pos)}: the id column {id_column!r} is null; every row needs an id "
                 "(it becomes custom_id, on which the results are joined)."
             )
-        prompt = row.get(template.prompt_column)
-        if not isinstance(prompt, str):
-            what = "null" if prompt is None else f"a {type(prompt).__name__}, not text"
+        for column, where in used.items():
+            if row.get(column) is None:
+                what = "absent" if column not in row else "null"
+                raise InvalidRequestFileError(
+                    f"{naming.where(pos)}: {_describe(column, where)} is {what} "
+                    f"({id_column} {custom_id!r}); fill or drop such rows first."
+                )
+        yield pos, make(pos, custom_id, row)
+
+
+def _describe(column: str, where: str) -> str:
+    """``the prompt column 'text'``, or ``the column 'product' (used as {product} in ...)``."""
+    if where.startswith("the ") and where.endswith(" column"):
+        return f"{where} {column!r}"
+    return f"the column {column!r} (used as {where})"
+
+
+def _chat_body(
+    template: RequestTemplate,
+    naming: RowNaming,
+    id_column: str,
+    used: Mapping[str, str],
+    storage_options: Mapping[str, Any] | None,
+) -> Any:
+    from dagster_together.requests.images import ImageInliner
+
+    prompt_column = template.prompt_column
+    image_column = template.image_column
+    inliner = (
+        ImageInliner(storage_options, template.max_image_bytes) if template.inline_images else None
+    )
+
+    def make(pos: int, custom_id: str, row: dict[str, Any]) -> dict[str, Any]:
+        prompt = None
+        if prompt_column is not None:
+            prompt = row[prompt_column]
+            if not isinstance(prompt, str):
+                raise InvalidRequestFileError(
+                    f"{naming.where(pos)}: the prompt column {prompt_column!r} is a "
+                    f"{type(prompt).__name__}, not text ({id_column} {custom_id!r}); convert "
+                    "it first."
+                )
+        images: list[str] = []
+        if image_column is not None:
+            value = row[image_column]
+            locations = value if isinstance(value, list) else [value]
+            if not locations or not all(isinstance(v, str) and v for v in locations):
+                raise InvalidRequestFileError(
+                    f"{naming.where(pos)}: the image column {image_column!r} holds "
+                    f"{type(value).__name__} {value!r:.60}, not an image URL or a list of them "
+                    f"({id_column} {custom_id!r})."
+                )
+            if inliner is not None:
+                where = f"{naming.where(pos)} ({id_column} {custom_id!r})"
+                images = [inliner.url(v, where) for v in locations]
+            else:
+                images = list(locations)
+        return {
+            "custom_id": custom_id,
+            "body": template.build_body(prompt, values=row, images=images),
+        }
+
+    return make
+
+
+def _audio_body(template: AudioTemplate, naming: RowNaming, id_column: str) -> Any:
+    column = template.audio_column
+
+    def make(pos: int, custom_id: str, row: dict[str, Any]) -> dict[str, Any]:
+        url = row[column]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidRequestFileError(
-                f"{naming.where(pos)}: the prompt column {template.prompt_column!r} is {what} "
-                f"({id_column} {custom_id!r}); fill or drop such rows first."
+                f"{naming.where(pos)}: the audio column {column!r} holds {url!r:.80} "
+                f"({id_column} {custom_id!r}); audio batches take public http(s) URLs that the "
+                "service fetches (e.g. presigned URLs), not local paths or s3:// locations."
             )
-        yield pos, {"custom_id": custom_id, "body": template.build_body(prompt)}
+        language = None
+        if template.language_column is not None:
+            language = _id_text(row[template.language_column])
+        return {
+            "custom_id": custom_id,
+            "method": "FILE",
+            "body": template.build_body(url, language),
+        }
+
+    return make
 
 
 def _prebuilt(table: _Source, naming: RowNaming) -> Iterator[tuple[int, dict[str, Any]]]:
