@@ -100,7 +100,10 @@ class OutputSchemaError(ValueError):
 
 
 class AnswerError(ValueError):
-    """An answer does not match the schema: ``path`` (``$.items[2].price``) and the reason."""
+    """An answer is not JSON (``code`` ``invalid_json``) or does not match the schema
+    (``schema_mismatch``; the message names the path, like ``$.items[2].price``)."""
+
+    code = "schema_mismatch"
 
 
 def as_json_schema(schema: Any) -> dict[str, Any]:
@@ -322,12 +325,16 @@ class OutputSchema:
             AnswerError: not JSON, or not matching the schema (the message names the path).
         """
         if text is None:
-            raise AnswerError("the answer has no content")
+            error = AnswerError("the answer has no content")
+            error.code = "invalid_json"
+            raise error
         body = _strip_fence(text)
         try:
             value = _DECODER.decode(body)
         except ValueError as exc:
-            raise AnswerError(f"the answer is not valid JSON ({exc})") from None
+            error = AnswerError(f"the answer is not valid JSON ({exc})")
+            error.code = "invalid_json"
+            raise error from None
         return self.check(value)
 
     def check(self, value: Any) -> dict[str, Any]:
