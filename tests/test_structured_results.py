@@ -275,6 +275,7 @@ def test_audio_batches_give_text_language_and_duration(
     rows = {r["custom_id"]: r for r in _read(summary.destination).to_pylist()}
     assert [rows[k]["status"] for k in "xyz"] == ["succeeded", "succeeded", "failed"]
     assert rows["x"]["content"] and rows["x"]["language"] == "fr"
+    assert rows["x"]["prompt"] == "https://cdn/a.mp3"  # the audio's URL is the request's input
     assert isinstance(rows["x"]["duration"], float) and rows["x"]["duration"] > 0
     plain = rq.AudioTemplate(model="openai/whisper-large-v3", audio_column="url", endpoint=endpoint)
     inputs, out, err = _run_batch(
@@ -284,6 +285,36 @@ def test_audio_batches_give_text_language_and_duration(
         join_results(inputs=inputs, outputs=out, destination=tmp_path / "p.parquet").destination
     ).to_pylist()
     assert row["content"] and row["language"] is None and row["duration"] is None
+
+
+def test_vision_requests_round_trip_with_their_text_as_prompt(
+    emulator: Any, api_key: str, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    png = tmp_path / "p.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 16)
+    table = pa.table(
+        {
+            "id": [1, 2],
+            "question": ["What is shown?", "Is it sentiment positive? I love it"],
+            "image": [str(png), "https://img/b.jpg"],
+        }
+    )
+    template = rq.RequestTemplate(
+        model="vlm",
+        messages=[{"role": "user", "content": "{question}"}],
+        image_column="image",
+        inline_images=True,
+    )
+    inputs, out, err = _run_batch(emulator, api_key, tmp_path, table, template)
+    summary = join_results(
+        inputs=inputs, outputs=out, errors=err, destination=tmp_path / "v.parquet"
+    )
+    rows = _read(summary.destination).to_pylist()
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
+    assert [r["prompt"] for r in rows] == ["What is shown?", "Is it sentiment positive? I love it"]
+    assert rows[1]["content"] == "positive"
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,14 @@
 """The deterministic "model" behind the emulator: one request body in, one JSONL line out.
 
 Answers depend only on the prompt, so a test can predict them and a benchmark is repeatable.
+
+Beyond plain text: a chat request with a ``response_format`` carrying a schema (``json_schema``
+or ``json_object`` + ``schema``) gets JSON shaped by it (:mod:`.structured`), unless its last
+user message holds ``EMULATE_INVALID_JSON`` (a truncated object) or ``EMULATE_SCHEMA_MISMATCH``
+(a JSON array); a request with ``tools`` gets a call to the first tool (``tool_calls``,
+``finish_reason: "tool_calls"``); ``EMULATE_REASONING`` adds ``message.reasoning``. Audio
+requests need ``file`` (the audio's URL) and get ``{"text"}``, or with ``response_format:
+"verbose_json"`` ``{"task", "language", "duration", "text", "segments"}``.
 Lines are built from string templates rather than ``json.dumps`` of nested dicts: generation
 has to run at hundreds of thousands of requests per batch, and the templates are 3-4x faster.
 """
