@@ -321,17 +321,11 @@ def _request_block(block: _Block, location: str, table: pa.Table | None) -> list
     import pyarrow.compute as pc
 
     if table is None or table.column("custom_id").null_count:
-        halves = block.split() if block.n > blocks._SLOW_LINES else None
-        if halves is None:
-            return [_request_block_slow(block, location)]
-        schema = _request_schema()
-        return [
-            t
-            for half in halves
-            for t in _request_block(
-                half, location, _pa_read(half, schema) if half.objects_only() else None
-            )
-        ]
+        # Read with json at once, not halved like outputs: request files are checked before
+        # they are sent, so a refusal here is rarely junk, but lines pyarrow's fixed schema
+        # cannot hold (content parts with images, for every line of a vision batch), where
+        # halving would parse the block again at every level.
+        return [_request_block_slow(block, location)]
     body = table.column("body").combine_chunks()
     prompt = pc.coalesce(
         _last_user_content(pc.struct_field(body, "messages")),
