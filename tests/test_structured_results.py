@@ -429,3 +429,64 @@ def test_pydantic_refs_and_optionals_compile() -> None:
 def test_unsupported_schemas_are_refused_with_the_keyword(schema: Any, fragment: str) -> None:
     with pytest.raises(OutputSchemaError, match=fragment.replace("(", r"\(")):
         OutputSchema(schema)
+
+
+# ------------------------------------------------------------------------------------------
+# The emulator's structured answers, line by line
+# ------------------------------------------------------------------------------------------
+def _answer(body: dict[str, Any]) -> dict[str, Any]:
+    from dagster_together.emulator.responder import Responder
+
+    ok, line = Responder().line(
+        endpoint="/v1/chat/completions",
+        custom_id="c",
+        body={"model": "m", **body},
+        default_model=None,
+        created=0,
+        line_id="l",
+        request_id="q",
+    )
+    assert ok
+    return json.loads(line)["response"]["body"]["choices"][0]["message"]
+
+
+def test_emulator_answers_json_mode_and_the_legacy_schema_form() -> None:
+    user = [{"role": "user", "content": "I love it"}]
+    plain = _answer({"messages": user, "response_format": {"type": "json_object"}})
+    assert isinstance(json.loads(plain["content"]), dict)
+    legacy = _answer(
+        {
+            "messages": user,
+            "response_format": {"type": "json_object", "schema": Review.model_json_schema()},
+        }
+    )
+    OutputSchema(Review).parse(legacy["content"])  # matches
+    assert json.loads(legacy["content"])["sentiment"] == "positive"
+
+
+def test_emulator_numbers_respect_exclusive_bounds_and_reasoning_is_asked_for() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "i": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 2},
+            "x": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "s": {"type": "string", "minLength": 40, "maxLength": 41},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 3},
+        },
+        "required": ["i", "x", "s", "tags"],
+        "additionalProperties": False,
+    }
+    for prompt in ("a", "b", "c", "d"):
+        message = _answer(
+            {
+                "messages": [{"role": "user", "content": prompt}],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": schema},
+                },
+                "reasoning_effort": "low",
+            }
+        )
+        values = OutputSchema(schema).parse(message["content"])
+        assert values["i"] == 1 and 0 < values["x"] < 1 and len(values["tags"]) == 3
+        assert message["reasoning"]

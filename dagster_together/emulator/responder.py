@@ -211,7 +211,7 @@ class Responder:
             else:
                 content, finish = self._chat_content(body, last_user, " ".join(texts))
                 content_json = _quote(content)
-            if REASONING_MARKER in last_user:
+            if REASONING_MARKER in last_user or _asks_reasoning(body):
                 thought = f"The user asks about {' '.join(last_user.split()[:6])}; answer briefly."
                 extra += f', "reasoning": {_quote(thought)}'
             choice = (
@@ -249,6 +249,8 @@ class Responder:
             return '{"label": "positive", "score": ', "stop"
         if SCHEMA_MISMATCH_MARKER in prompt:
             return '["not", "the", "schema"]', "stop"
+        if not isinstance(schema, dict) or not schema:  # JSON mode without a schema: an object
+            schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
         return sample_json(schema, prompt, sentiment(prompt)), "stop"
 
     def _audio(self, endpoint: str, custom_id: str, body: dict[str, Any]) -> str:
@@ -295,3 +297,10 @@ def _first_tool(body: dict[str, Any]) -> tuple[str, Any] | None:
     function = function if isinstance(function, dict) else {}
     name = function.get("name")
     return name if isinstance(name, str) else "tool", function.get("parameters", {})
+
+
+def _asks_reasoning(body: dict[str, Any]) -> bool:
+    """``reasoning: {"enabled": true}`` or a ``reasoning_effort``: the model shows its thinking."""
+    reasoning = body.get("reasoning")
+    enabled = isinstance(reasoning, dict) and reasoning.get("enabled") is True
+    return enabled or isinstance(body.get("reasoning_effort"), str)
