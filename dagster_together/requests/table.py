@@ -221,8 +221,11 @@ def build_requests(
       ``str``. Keys that Arrow filled with null in a struct ``body`` are dropped (store ``body`` as
       a JSON string to keep explicit nulls).
     * ``template`` (and ``id_column``) build them: ``custom_id = str(row[id_column])``, and the
-      body from the template and ``row[template.prompt_column]``. Without ``id_column`` an existing
-      ``custom_id`` column is used.
+      body from the template and the row: a :class:`RequestTemplate` (its ``prompt_column``, or
+      the ``{column}`` placeholders of its ``messages``, and its ``image_column``) or an
+      :class:`AudioTemplate` (its ``audio_column``; the line gets ``"method": "FILE"``). Without
+      ``id_column`` an existing ``custom_id`` column is used. Every column the template uses is
+      checked against the table's columns before the first row, and each value for null.
 
     Args:
         source: a pyarrow Table, a pandas DataFrame (or anything speaking the Arrow PyCapsule
@@ -230,10 +233,13 @@ def build_requests(
         template: how to build bodies; None when the table holds ``custom_id`` and ``body``.
         id_column: the key column giving ``custom_id`` (template mode).
         endpoint: overrides ``template.endpoint`` (template mode).
-        storage_options: passed to fsspec for URLs.
+        storage_options: passed to fsspec for URLs (the table's, and images inlined with
+            ``inline_images``).
 
     Raises:
-        InvalidRequestFileError: a row without id or prompt, or with a body that is not valid JSON,
+        InvalidRequestFileError: a column the template uses is missing; a row without id, with a
+            null value in a column the template uses, an image that cannot be inlined, an audio
+            location that is not an http(s) URL, or with a body that is not valid JSON,
             naming the row (1-based; the line of a JSONL file) and the column. The full batch
             rules (unique ids, lengths, models) are checked by :func:`write_request_chunks`,
             whose messages then name the same rows and the id column.
