@@ -13,7 +13,10 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dagster_together.output_schema import OutputSchema
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -197,8 +200,9 @@ class RequestTemplate:
 
     # ----------------------------------------------------------------------------------------
     @property
-    def schema(self) -> Any:
-        """The compiled :class:`~dagster_together.output_schema.OutputSchema`, or None."""
+    def schema(self) -> OutputSchema | None:
+        """The compiled :class:`~dagster_together.output_schema.OutputSchema` (give it to
+        ``join_results(output_schema=...)``), or None without ``output_schema``."""
         return getattr(self, "_schema", None)
 
     def placeholders(self) -> dict[str, str]:
