@@ -273,3 +273,14 @@ def test_built_requests_pass_the_file_check(tmp_path: Path) -> None:
     assert stats.n_lines == 5
     first = json.loads(Path(chunks[0].path).read_text().splitlines()[0])
     assert first["body"]["response_format"]["json_schema"]["schema"]["properties"]
+
+
+def test_prebuilt_audio_rows_get_method_file_and_keep_their_own() -> None:
+    body = {"model": "openai/whisper-large-v3", "file": "https://x/a.mp3"}
+    table = _table(custom_id=["a"], body=[json.dumps(body)])
+    [plain] = rq.build_requests(table)
+    assert plain == {"custom_id": "a", "body": body}  # chat tables are unchanged
+    [audio] = rq.build_requests(table, endpoint="/v1/audio/translations")
+    assert audio == {"custom_id": "a", "method": "FILE", "body": body}
+    own = _table(custom_id=["a"], body=[json.dumps(body)], method=["POST"])
+    assert next(rq.build_requests(own))["method"] == "POST"

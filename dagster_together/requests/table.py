@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
 from dagster_together.requests.rules import _DECODER, RowNaming, json_type
-from dagster_together.requests.template import AudioTemplate, RequestTemplate
+from dagster_together.requests.template import AUDIO, AudioTemplate, RequestTemplate
 from dagster_together.storage import filesystem, open_pending
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -232,7 +232,9 @@ def build_requests(
             stream protocol), or the path/URL of a Parquet file/directory or a JSONL file.
         template: how to build bodies; None when the table holds ``custom_id`` and ``body``.
         id_column: the key column giving ``custom_id`` (template mode).
-        endpoint: overrides ``template.endpoint`` (template mode).
+        endpoint: overrides ``template.endpoint`` (template mode). For a table of requests,
+            an audio endpoint gives the rows without a ``method`` ``"method": "FILE"`` (a
+            ``method`` column or key is kept as it is).
         storage_options: passed to fsspec for URLs (the table's, and images inlined with
             ``inline_images``).
 
@@ -268,7 +270,8 @@ def _build(
                 "template=RequestTemplate(model=..., prompt_column=...) and id_column=... to "
                 "build the requests from your own columns."
             )
-        yield from _prebuilt(table, naming)
+        method = "FILE" if endpoint in AUDIO else None
+        yield from _prebuilt(table, naming, names, method)
         return
     if endpoint is not None and endpoint != template.endpoint:
         template = replace(template, endpoint=endpoint)
@@ -392,8 +395,13 @@ def _audio_body(template: AudioTemplate, naming: RowNaming, id_column: str) -> A
     return make
 
 
-def _prebuilt(table: _Source, naming: RowNaming) -> Iterator[tuple[int, dict[str, Any]]]:
-    for pos, row in table.rows(["custom_id", "body"]):
+def _prebuilt(
+    table: _Source, naming: RowNaming, names: list[str] | None, method: str | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows that are requests already; a ``method`` column (or key) is kept, and ``method``
+    is the default for rows without one (``FILE`` for audio endpoints)."""
+    wanted = ["custom_id", "body"] + (["method"] if names is None or "method" in names else [])
+    for pos, row in table.rows(wanted):
         if "custom_id" not in row or "body" not in row:
             raise InvalidRequestFileError(
                 f"{naming.where(pos)}: has no 'custom_id' and 'body'; every row needs both (or "
@@ -413,7 +421,11 @@ def _prebuilt(table: _Source, naming: RowNaming) -> Iterator[tuple[int, dict[str
                     f"{naming.where(pos)}: custom_id {custom_id!r} has a body string that is not "
                     f"valid JSON ({exc}); store the body as a JSON object string or a struct."
                 ) from None
-        yield pos, {"custom_id": custom_id, "body": body}
+        request = {"custom_id": custom_id, "body": body}
+        row_method = row.get("method")
+        if row_method is not None or method is not None:
+            request = {"custom_id": custom_id, "method": row_method or method, "body": body}
+        yield pos, request
 
 
 # --------------------------------------------------------------------------------------------
