@@ -36,11 +36,12 @@ from dagster_together.version import __version__
 
 if TYPE_CHECKING:
     from dagster_together.client import TogetherClient
-    from dagster_together.requests import RequestTemplate
+    from dagster_together.requests import AudioTemplate, RequestTemplate
     from dagster_together.results import join_results
 
 # Public names whose modules import httpx or pyarrow: loaded when first asked for.
 _LAZY = {
+    "AudioTemplate": "dagster_together.requests",
     "TogetherClient": "dagster_together.client",
     "RequestTemplate": "dagster_together.requests",
     "join_results": "dagster_together.results",
@@ -57,6 +58,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AudioTemplate",
     "BatchJob",
     "BatchStatus",
     "BatchStorageLayout",

@@ -18,7 +18,11 @@ or without /v1) and any API key (or the one given with --api-key).
 
 Batch jobs follow a clock: VALIDATING for --validate-seconds, then IN_PROGRESS for
 --run-seconds, then COMPLETED. A request whose last user message contains EMULATE_ERROR,
-or whose custom_id matches --fail-pattern, fails into the batch's error file.
+or whose custom_id matches --fail-pattern, fails into the batch's error file. A request with
+a response_format schema gets schema-shaped JSON, or with EMULATE_INVALID_JSON or
+EMULATE_SCHEMA_MISMATCH in its last user message an answer that is not JSON or does not
+match; EMULATE_REASONING adds message.reasoning; tools get a tool call to the first one.
+Audio requests get {"text"}, and with response_format verbose_json language and duration.
 """
 
 EPILOG = """\

@@ -1,6 +1,14 @@
 """The deterministic "model" behind the emulator: one request body in, one JSONL line out.
 
 Answers depend only on the prompt, so a test can predict them and a benchmark is repeatable.
+
+Beyond plain text: a chat request with a ``response_format`` carrying a schema (``json_schema``
+or ``json_object`` + ``schema``) gets JSON shaped by it (:mod:`.structured`), unless its last
+user message holds ``EMULATE_INVALID_JSON`` (a truncated object) or ``EMULATE_SCHEMA_MISMATCH``
+(a JSON array); a request with ``tools`` gets a call to the first tool (``tool_calls``,
+``finish_reason: "tool_calls"``); ``EMULATE_REASONING`` adds ``message.reasoning``. Audio
+requests need ``file`` (the audio's URL) and get ``{"text"}``, or with ``response_format:
+"verbose_json"`` ``{"task", "language", "duration", "text", "segments"}``.
 Lines are built from string templates rather than ``json.dumps`` of nested dicts: generation
 has to run at hundreds of thousands of requests per batch, and the templates are 3-4x faster.
 """
@@ -12,6 +20,8 @@ import zlib
 from json.encoder import encode_basestring_ascii as _quote  # C-accelerated JSON string escape
 from typing import Any
 
+from dagster_together.emulator.structured import sample_json, schema_of
+
 CHAT_ENDPOINT = "/v1/chat/completions"
 COMPLETIONS_ENDPOINT = "/v1/completions"
 AUDIO_ENDPOINTS = ("/v1/audio/transcriptions", "/v1/audio/translations")
@@ -22,6 +32,12 @@ SUPPORTED_ENDPOINTS = (CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, *AUDIO_ENDPOINTS)
 #: custom_id and prompt) is seen, as a transient failure would.
 ERROR_MARKER = "EMULATE_ERROR"
 _ERROR_REQUEST = re.compile(r"EMULATE_ERROR(_ONCE)?(?::([a-z_]+))?")
+#: A last user message containing this text gets an answer that is not JSON (with a schema).
+INVALID_JSON_MARKER = "EMULATE_INVALID_JSON"
+#: ... an answer that is JSON but does not match the request's schema.
+SCHEMA_MISMATCH_MARKER = "EMULATE_SCHEMA_MISMATCH"
+#: ... an answer with the model's reasoning beside the content (``message.reasoning``).
+REASONING_MARKER = "EMULATE_REASONING"
 
 _WORD = re.compile(r"[a-z']+")
 # Label words ("positive", "negative", "neutral") are left out on purpose: prompts often list
@@ -185,10 +201,26 @@ class Responder:
             )
             self._maybe_fail(custom_id, last_user)
             prompt_tokens = sum(map(_word_count, texts)) + 3 * len(texts)
-            content, finish = _cut_to_max_tokens(answer(last_user, " ".join(texts)), body)
+            extra = ""
+            tool = _first_tool(body)
+            if tool is not None:
+                name, parameters = tool
+                arguments = sample_json(parameters, last_user, sentiment(last_user))
+                call = (
+                    f'[{{"id": "call_{request_id}", "type": "function", "function": '
+                    f'{{"name": {_quote(name)}, "arguments": {_quote(arguments)}}}}}]'
+                )
+                content, finish, extra = "", "tool_calls", f', "tool_calls": {call}'
+                content_json = "null"
+            else:
+                content, finish = self._chat_content(body, last_user, " ".join(texts))
+                content_json = _quote(content)
+            if REASONING_MARKER in last_user or _asks_reasoning(body):
+                thought = f"The user asks about {' '.join(last_user.split()[:6])}; answer briefly."
+                extra += f', "reasoning": {_quote(thought)}'
             choice = (
-                f'{{"index": 0, "message": {{"role": "assistant", "content": {_quote(content)}}}, '
-                f'"finish_reason": "{finish}", "logprobs": null}}'
+                f'{{"index": 0, "message": {{"role": "assistant", "content": {content_json}'
+                f'{extra}}}, "finish_reason": "{finish}", "logprobs": null}}'
             )
             kind = "chat.completion"
         elif endpoint == COMPLETIONS_ENDPOINT:
@@ -203,15 +235,49 @@ class Responder:
             choice = f'{{"index": 0, "text": {_quote(content)}, "finish_reason": "{finish}", "logprobs": null}}'
             kind = "text_completion"
         else:  # audio: the reply is a transcript; there is no prompt to echo
-            source = str(body.get("file", ""))
-            self._maybe_fail(custom_id, str(body.get("prompt", "")))
-            return f'{{"text": {_quote(answer(source))}}}'
+            return self._audio(endpoint, custom_id, body)
         completion_tokens = _word_count(content)
         return (
             f'{{"id": "{request_id}", "object": "{kind}", "created": {created}, '
             f'"model": {_quote(model)}, "choices": [{choice}], '
             f'"usage": {{"prompt_tokens": {prompt_tokens}, "completion_tokens": {completion_tokens}, '
             f'"total_tokens": {prompt_tokens + completion_tokens}}}}}'
+        )
+
+    def _chat_content(self, body: dict[str, Any], prompt: str, context: str) -> tuple[str, str]:
+        """The answer's text: schema-shaped JSON when the request has a schema."""
+        schema = schema_of(body.get("response_format"))
+        if schema is None:
+            return _cut_to_max_tokens(answer(prompt, context), body)
+        if INVALID_JSON_MARKER in prompt:
+            return '{"label": "positive", "score": ', "stop"
+        if SCHEMA_MISMATCH_MARKER in prompt:
+            return '["not", "the", "schema"]', "stop"
+        if not isinstance(schema, dict) or not schema:  # JSON mode without a schema: an object
+            schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+        return sample_json(schema, prompt, sentiment(prompt)), "stop"
+
+    def _audio(self, endpoint: str, custom_id: str, body: dict[str, Any]) -> str:
+        """A transcription body: ``{"text"}``, or the verbose form with language and duration."""
+        source = body.get("file")
+        if not isinstance(source, str) or not source:
+            raise RequestFailure(
+                "'file' must be the audio's URL (a string)", "invalid_request_error"
+            )
+        self._maybe_fail(custom_id, str(body.get("prompt", "")) + " " + source)
+        text = answer(source)
+        if body.get("response_format") != "verbose_json":
+            return f'{{"text": {_quote(text)}}}'
+        language = body.get("language")
+        language = language if isinstance(language, str) and language != "auto" else "en"
+        if endpoint == AUDIO_ENDPOINTS[1]:
+            language = "en" if body.get("language") in (None, "auto") else language
+        duration = round(1.5 + zlib.crc32(source.encode("utf-8", "replace")) % 600 / 10, 1)
+        task = "translate" if endpoint == AUDIO_ENDPOINTS[1] else "transcribe"
+        segment = f'{{"id": 0, "start": 0.0, "end": {duration}, "text": {_quote(text)}}}'
+        return (
+            f'{{"task": "{task}", "language": {_quote(language)}, "duration": {duration}, '
+            f'"text": {_quote(text)}, "segments": [{segment}]}}'
         )
 
     def _maybe_fail(self, custom_id: str, prompt: str) -> None:
@@ -228,3 +294,22 @@ class Responder:
             raise RequestFailure(
                 "Emulated failure: custom_id matches fail_pattern", "emulated_error"
             )
+
+
+def _first_tool(body: dict[str, Any]) -> tuple[str, Any] | None:
+    """The function to call: the first of ``tools``, unless ``tool_choice`` is ``"none"``."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
+        return None
+    first = tools[0] if isinstance(tools[0], dict) else {}
+    function = first.get("function")
+    function = function if isinstance(function, dict) else {}
+    name = function.get("name")
+    return name if isinstance(name, str) else "tool", function.get("parameters", {})
+
+
+def _asks_reasoning(body: dict[str, Any]) -> bool:
+    """``reasoning: {"enabled": true}`` or a ``reasoning_effort``: the model shows its thinking."""
+    reasoning = body.get("reasoning")
+    enabled = isinstance(reasoning, dict) and reasoning.get("enabled") is True
+    return enabled or isinstance(body.get("reasoning_effort"), str)

@@ -28,6 +28,9 @@ class Emulator:
     Jobs follow a clock from their creation: VALIDATING for ``validate_seconds``, IN_PROGRESS
     for ``run_seconds``, then COMPLETED. A request whose ``custom_id`` matches ``fail_pattern``
     (a regex) or whose last user message contains ``EMULATE_ERROR`` fails into the error file.
+    Structured answers, tool calls, reasoning and audio: see
+    :mod:`dagster_together.emulator.responder` (``EMULATE_INVALID_JSON``,
+    ``EMULATE_SCHEMA_MISMATCH``, ``EMULATE_REASONING``).
     ``api_key=None`` accepts any key or none. Files live in ``data_dir`` (a temporary
     directory, removed on :meth:`close`, when not given). State survives :meth:`stop` /
     :meth:`start`, which reuse the same port.

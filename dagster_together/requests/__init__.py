@@ -8,7 +8,9 @@ line and the fix.
 
 A module per step:
 
-* :mod:`.template`: :class:`RequestTemplate`, how a row becomes a request body;
+* :mod:`.template`: :class:`RequestTemplate` and :class:`AudioTemplate`, how a row becomes a
+  request body (placeholders, images, an output schema; audio lines);
+* :mod:`.images`: images sent inline as ``data:`` URLs;
 * :mod:`.rules`: the API's limits and the per-request rules every step applies;
 * :mod:`.check`: :func:`check_request_file`, the streaming check of a finished file;
 * :mod:`.table`: reading the user's table: :func:`build_requests`, :func:`input_columns_table`,
@@ -35,9 +37,10 @@ from dagster_together.requests.table import (
     input_columns_table,
     write_input_columns,
 )
-from dagster_together.requests.template import RequestTemplate
+from dagster_together.requests.template import AudioTemplate, RequestTemplate
 
 __all__ = [
+    "AudioTemplate",
     "BATCH_PURPOSE",
     "MAX_BATCH_BYTES",
     "MAX_CUSTOM_ID_LENGTH",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
 from dagster_together.requests.rules import _DECODER, RowNaming, json_type
-from dagster_together.requests.template import RequestTemplate
+from dagster_together.requests.template import AUDIO, AudioTemplate, RequestTemplate
 from dagster_together.storage import filesystem, open_pending
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -207,7 +207,7 @@ class TableRequests(Iterator[dict[str, Any]]):
 def build_requests(
     source: Any,
     *,
-    template: RequestTemplate | None = None,
+    template: RequestTemplate | AudioTemplate | None = None,
     id_column: str | None = None,
     endpoint: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
@@ -221,19 +221,27 @@ def build_requests(
       ``str``. Keys that Arrow filled with null in a struct ``body`` are dropped (store ``body`` as
       a JSON string to keep explicit nulls).
     * ``template`` (and ``id_column``) build them: ``custom_id = str(row[id_column])``, and the
-      body from the template and ``row[template.prompt_column]``. Without ``id_column`` an existing
-      ``custom_id`` column is used.
+      body from the template and the row: a :class:`RequestTemplate` (its ``prompt_column``, or
+      the ``{column}`` placeholders of its ``messages``, and its ``image_column``) or an
+      :class:`AudioTemplate` (its ``audio_column``; the line gets ``"method": "FILE"``). Without
+      ``id_column`` an existing ``custom_id`` column is used. Every column the template uses is
+      checked against the table's columns before the first row, and each value for null.
 
     Args:
         source: a pyarrow Table, a pandas DataFrame (or anything speaking the Arrow PyCapsule
             stream protocol), or the path/URL of a Parquet file/directory or a JSONL file.
         template: how to build bodies; None when the table holds ``custom_id`` and ``body``.
         id_column: the key column giving ``custom_id`` (template mode).
-        endpoint: overrides ``template.endpoint`` (template mode).
-        storage_options: passed to fsspec for URLs.
+        endpoint: overrides ``template.endpoint`` (template mode). For a table of requests,
+            an audio endpoint gives the rows without a ``method`` ``"method": "FILE"`` (a
+            ``method`` column or key is kept as it is).
+        storage_options: passed to fsspec for URLs (the table's, and images inlined with
+            ``inline_images``).
 
     Raises:
-        InvalidRequestFileError: a row without id or prompt, or with a body that is not valid JSON,
+        InvalidRequestFileError: a column the template uses is missing; a row without id, with a
+            null value in a column the template uses, an image that cannot be inlined, an audio
+            location that is not an http(s) URL, or with a body that is not valid JSON,
             naming the row (1-based; the line of a JSONL file) and the column. The full batch
             rules (unique ids, lengths, models) are checked by :func:`write_request_chunks`,
             whose messages then name the same rows and the id column.
@@ -246,7 +254,7 @@ def build_requests(
 
 def _build(
     source: Any,
-    template: RequestTemplate | None,
+    template: RequestTemplate | AudioTemplate | None,
     id_column: str | None,
     endpoint: str | None,
     storage_options: Mapping[str, Any] | None,
@@ -262,7 +270,8 @@ def _build(
                 "template=RequestTemplate(model=..., prompt_column=...) and id_column=... to "
                 "build the requests from your own columns."
             )
-        yield from _prebuilt(table, naming)
+        method = "FILE" if endpoint in AUDIO else None
+        yield from _prebuilt(table, naming, names, method)
         return
     if endpoint is not None and endpoint != template.endpoint:
         template = replace(template, endpoint=endpoint)
@@ -274,33 +283,125 @@ def _build(
             )
         id_column = "custom_id"
     naming.column = id_column
-    wanted = [id_column, template.prompt_column]
+    used = template.placeholders()
     if names is not None:
-        absent = [c for c in dict.fromkeys(wanted) if c not in names]
-        if absent:
+        if id_column not in names:
             raise InvalidRequestFileError(
-                f"{table.name}: has no column {absent[0]!r} (columns: {names}); check id_column "
-                "and RequestTemplate.prompt_column."
+                f"{table.name}: has no column {id_column!r} (columns: {names}); check id_column."
             )
-    for pos, row in table.rows(list(dict.fromkeys(wanted))):
+        for column, where in used.items():
+            if column not in names:
+                raise InvalidRequestFileError(
+                    f"{table.name}: has no column {column!r}, which the template uses "
+                    f"({where}); columns: {names}. Check the template's column names."
+                )
+    wanted = list(dict.fromkeys([id_column, *used]))
+    if isinstance(template, AudioTemplate):
+        make = _audio_body(template, naming, id_column)
+    else:
+        make = _chat_body(template, naming, id_column, used, storage_options)
+    for pos, row in table.rows(wanted):
         custom_id = _id_text(row.get(id_column))
         if custom_id is None:
             raise InvalidRequestFileError(
                 f"{naming.where(pos)}: the id column {id_column!r} is null; every row needs an id "
                 "(it becomes custom_id, on which the results are joined)."
             )
-        prompt = row.get(template.prompt_column)
-        if not isinstance(prompt, str):
-            what = "null" if prompt is None else f"a {type(prompt).__name__}, not text"
+        for column, where in used.items():
+            if row.get(column) is None:
+                what = "absent" if column not in row else "null"
+                raise InvalidRequestFileError(
+                    f"{naming.where(pos)}: {_describe(column, where)} is {what} "
+                    f"({id_column} {custom_id!r}); fill or drop such rows first."
+                )
+        yield pos, make(pos, custom_id, row)
+
+
+def _describe(column: str, where: str) -> str:
+    """``the prompt column 'text'``, or ``the column 'product' (used as {product} in ...)``."""
+    if where.startswith("the ") and where.endswith(" column"):
+        return f"{where} {column!r}"
+    return f"the column {column!r} (used as {where})"
+
+
+def _chat_body(
+    template: RequestTemplate,
+    naming: RowNaming,
+    id_column: str,
+    used: Mapping[str, str],
+    storage_options: Mapping[str, Any] | None,
+) -> Any:
+    from dagster_together.requests.images import ImageInliner
+
+    prompt_column = template.prompt_column
+    image_column = template.image_column
+    inliner = (
+        ImageInliner(storage_options, template.max_image_bytes) if template.inline_images else None
+    )
+
+    def make(pos: int, custom_id: str, row: dict[str, Any]) -> dict[str, Any]:
+        prompt = None
+        if prompt_column is not None:
+            prompt = row[prompt_column]
+            if not isinstance(prompt, str):
+                raise InvalidRequestFileError(
+                    f"{naming.where(pos)}: the prompt column {prompt_column!r} is a "
+                    f"{type(prompt).__name__}, not text ({id_column} {custom_id!r}); convert "
+                    "it first."
+                )
+        images: list[str] = []
+        if image_column is not None:
+            value = row[image_column]
+            locations = value if isinstance(value, list) else [value]
+            if not locations or not all(isinstance(v, str) and v for v in locations):
+                raise InvalidRequestFileError(
+                    f"{naming.where(pos)}: the image column {image_column!r} holds "
+                    f"{type(value).__name__} {value!r:.60}, not an image URL or a list of them "
+                    f"({id_column} {custom_id!r})."
+                )
+            if inliner is not None:
+                where = f"{naming.where(pos)} ({id_column} {custom_id!r})"
+                images = [inliner.url(v, where) for v in locations]
+            else:
+                images = list(locations)
+        return {
+            "custom_id": custom_id,
+            "body": template.build_body(prompt, values=row, images=images),
+        }
+
+    return make
+
+
+def _audio_body(template: AudioTemplate, naming: RowNaming, id_column: str) -> Any:
+    column = template.audio_column
+
+    def make(pos: int, custom_id: str, row: dict[str, Any]) -> dict[str, Any]:
+        url = row[column]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidRequestFileError(
-                f"{naming.where(pos)}: the prompt column {template.prompt_column!r} is {what} "
-                f"({id_column} {custom_id!r}); fill or drop such rows first."
+                f"{naming.where(pos)}: the audio column {column!r} holds {url!r:.80} "
+                f"({id_column} {custom_id!r}); audio batches take public http(s) URLs that the "
+                "service fetches (e.g. presigned URLs), not local paths or s3:// locations."
             )
-        yield pos, {"custom_id": custom_id, "body": template.build_body(prompt)}
+        language = None
+        if template.language_column is not None:
+            language = _id_text(row[template.language_column])
+        return {
+            "custom_id": custom_id,
+            "method": "FILE",
+            "body": template.build_body(url, language),
+        }
+
+    return make
 
 
-def _prebuilt(table: _Source, naming: RowNaming) -> Iterator[tuple[int, dict[str, Any]]]:
-    for pos, row in table.rows(["custom_id", "body"]):
+def _prebuilt(
+    table: _Source, naming: RowNaming, names: list[str] | None, method: str | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows that are requests already; a ``method`` column (or key) is kept, and ``method``
+    is the default for rows without one (``FILE`` for audio endpoints)."""
+    wanted = ["custom_id", "body"] + (["method"] if names is None or "method" in names else [])
+    for pos, row in table.rows(wanted):
         if "custom_id" not in row or "body" not in row:
             raise InvalidRequestFileError(
                 f"{naming.where(pos)}: has no 'custom_id' and 'body'; every row needs both (or "
@@ -320,7 +421,11 @@ def _prebuilt(table: _Source, naming: RowNaming) -> Iterator[tuple[int, dict[str
                     f"{naming.where(pos)}: custom_id {custom_id!r} has a body string that is not "
                     f"valid JSON ({exc}); store the body as a JSON object string or a struct."
                 ) from None
-        yield pos, {"custom_id": custom_id, "body": body}
+        request = {"custom_id": custom_id, "body": body}
+        row_method = row.get("method")
+        if row_method is not None or method is not None:
+            request = {"custom_id": custom_id, "method": row_method or method, "body": body}
+        yield pos, request
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,10 @@ The sizes above are constants of the module that uses them (``blocks._READ_SIZE`
 ``blocks._SLOW_LINES`` and ``outputs._MAX_RECORDED``, so that a value patched in its module
 reaches every use. Every module logs to the ``dagster_together.results`` logger.
 
+With ``output_schema=`` each succeeded answer is also parsed and checked against a JSON Schema
+(:mod:`dagster_together.output_schema`) during step 4, one bucket at a time, and its fields are
+written as typed columns; answers that are not JSON or do not match get ``invalid_output``.
+
 This package imports neither Dagster nor httpx; pyarrow is imported inside the functions.
 """
 

@@ -23,9 +23,12 @@ from dagster_together.storage import open_pending
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
+    from dagster_together.output_schema import OutputSchema
 
-STATUSES = ("succeeded", "failed", "missing", "expired", "cancelled")
-"""Every status a row can have, in the order the summary lists them."""
+
+STATUSES = ("succeeded", "invalid_output", "failed", "missing", "expired", "cancelled")
+"""Every status a row can have, in the order the summary lists them. ``invalid_output``: the
+request succeeded but, with an ``output_schema``, its answer is not JSON or does not match."""
 
 # Buckets are gathered into row groups of about this size (in memory; ~1 MB compressed): the
 # assembly holds one group being gathered and one being encoded, the phase where the 300k join
@@ -40,12 +43,14 @@ def _assemble(
     opts: dict[str, Any],
     default_status: str,
     report: _Report,
+    schema: OutputSchema | None = None,
 ) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    counts = dict.fromkeys(STATUSES, 0)
+    # invalid_output is only possible, and only counted, with an output schema.
+    counts = {s: 0 for s in STATUSES if schema is not None or s != "invalid_output"}
     tokens: dict[str, dict[str, int]] = {}
     preview: list[dict[str, Any]] = []
     # Written to a local file and published at the end: nothing appears unless the join succeeded.
@@ -53,7 +58,7 @@ def _assemble(
     assert out.local_path is not None  # always, with stage_locally
     result_schema = pa.schema(list(_row_schema())[1:])
     writer: pq.ParquetWriter | None = None
-    schema = None
+    written = None
     # Parquet encoding runs in its own thread (pyarrow releases the GIL) while the next buckets
     # are prepared. Small buckets keep the preparation light; they are gathered into row groups
     # of about _ROW_GROUP_BYTES so the file does not get tiny row groups.
@@ -61,6 +66,7 @@ def _assemble(
     pending = None
     gathered: list[pa.Table] = []
     gathered_bytes = 0
+    output_names: list[str] | None = None  # the schema's fields as columns, once inputs are known
 
     def flush() -> None:
         nonlocal pending, gathered, gathered_bytes
@@ -88,17 +94,24 @@ def _assemble(
                 )
             status = pc.coalesce(results.column("status"), _str(default_status))
             results = results.set_column(0, "status", status)
-            for item in pc.value_counts(status):
+            fields: list[Any] = []
+            if schema is not None:
+                if output_names is None:
+                    output_names = _output_names(
+                        schema.field_names, inputs.column_names + results.column_names
+                    )
+                results, fields = _structured(results, schema)
+            for item in pc.value_counts(results.column("status")):
                 counts[item["values"].as_py()] += item["counts"].as_py()
             _add_tokens(tokens, results)
             table = pa.Table.from_arrays(
-                inputs.columns + results.columns,
-                names=inputs.column_names + results.column_names,
+                inputs.columns + results.columns + fields,
+                names=inputs.column_names + results.column_names + list(output_names or ()),
             )
-            del results, inputs
+            del results, inputs, fields
             if writer is None:
-                schema = table.schema
-                writer = pq.ParquetWriter(out.local_path, schema, **_parquet_options(schema))
+                written = table.schema
+                writer = pq.ParquetWriter(out.local_path, written, **_parquet_options(written))
             if len(preview) < 5:
                 preview.extend(_preview_rows(table.slice(0, 5 - len(preview))))
             gathered.append(table)
@@ -133,12 +146,13 @@ def _assemble(
         "tokens_by_model": tokens,
         "unknown_id_examples": tuple(report.unknown_examples),
         "duplicate_id_examples": tuple(report.duplicate_examples),
-        "columns": tuple((f.name, str(f.type)) for f in schema) if schema else (),
+        "columns": tuple((f.name, str(f.type)) for f in written) if written else (),
+        "output_columns": tuple(output_names or ()),
         "preview_rows": tuple(preview),
     }
 
 
-_TEXT_COLUMNS = {"prompt", "content", "response", "error"}
+_TEXT_COLUMNS = {"prompt", "content", "response", "error", "tool_calls", "reasoning"}
 
 
 def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
@@ -150,6 +164,66 @@ def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """
     small = [f.name for f in schema if f.name not in _TEXT_COLUMNS]
     return {"use_dictionary": [n for n in small if n != "custom_id"], "write_statistics": small}
+
+
+def _output_names(fields: tuple[str, ...], taken: list[str]) -> list[str]:
+    """Column names of the schema's fields: their own, or ``output_<name>`` when an input or
+    result column already has it (``output_output_<name>``... while it still clashes)."""
+    used = set(taken)
+    names = []
+    for name in fields:
+        while name in used:
+            name = f"output_{name}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list[Any]]:
+    """Parse and check the content of each succeeded row against ``schema``.
+
+    Returns the results (rows whose answer is not JSON or does not match get
+    ``invalid_output``, their ``error`` and ``error_code``; ``content`` keeps the raw text) and
+    one typed array per schema field, null where there is no valid answer. Only the rows of one
+    bucket are held, as Python values, at a time.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from dagster_together.output_schema import AnswerError
+
+    n = results.num_rows
+    status = results.column("status")
+    ok = pc.equal(status, _str("succeeded"))
+    positions = pc.indices_nonzero(ok).to_pylist() if n else []
+    contents = results.column("content").take(positions).to_pylist() if positions else []
+    names = schema.field_names
+    values: dict[str, list[Any]] = {name: [None] * n for name in names}
+    bad = [False] * n
+    errors: list[str | None] = [None] * n
+    codes: list[str | None] = [None] * n
+    parse = schema.parse
+    any_bad = False
+    for i, text in zip(positions, contents, strict=True):
+        try:
+            answer = parse(text)
+        except AnswerError as exc:
+            bad[i], errors[i], codes[i] = True, str(exc), exc.code
+            any_bad = True
+            continue
+        for name in names:
+            values[name][i] = answer[name]
+    fields = [pa.array(values[f.name], f.type) for f in schema.arrow_fields()]
+    if any_bad:
+        mask = pa.array(bad, pa.bool_())
+        for name, new in (
+            ("status", pa.array(["invalid_output"] * n, pa.string())),
+            ("error", pa.array(errors, pa.string())),
+            ("error_code", pa.array(codes, pa.string())),
+        ):
+            at = results.schema.get_field_index(name)
+            results = results.set_column(at, name, pc.if_else(mask, new, results.column(name)))
+    return results, fields
 
 
 def _pick(spilled: pa.Table, lo: int, hi: int, inputs: pa.Table, report: _Report) -> pa.Table:

@@ -44,8 +44,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 REQUEST_COLUMNS = ("request_model", "prompt")
-"""Input columns made from a request JSONL file: the body's model and the last user message (or
-the completions prompt). The raw request lines are not copied: they stay in the input file (the
+"""Input columns made from a request JSONL file: the body's model and the last user message (its
+text parts, for a message with images), the audio's URL (``file``) of an audio request, or the
+completions prompt. The raw request lines are not copied: they stay in the input file (the
 results asset keeps it beside the results), one line per ``custom_id``."""
 
 
@@ -261,7 +262,12 @@ def _request_schema() -> pa.Schema:
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
     body = pa.struct(
-        [("model", pa.string()), ("prompt", pa.string()), ("messages", pa.list_(message))]
+        [
+            ("model", pa.string()),
+            ("prompt", pa.string()),
+            ("messages", pa.list_(message)),
+            ("file", pa.string()),
+        ]
     )
     return pa.schema([("custom_id", pa.string()), ("body", body)])
 
@@ -315,20 +321,16 @@ def _request_block(block: _Block, location: str, table: pa.Table | None) -> list
     import pyarrow.compute as pc
 
     if table is None or table.column("custom_id").null_count:
-        halves = block.split() if block.n > blocks._SLOW_LINES else None
-        if halves is None:
-            return [_request_block_slow(block, location)]
-        schema = _request_schema()
-        return [
-            t
-            for half in halves
-            for t in _request_block(
-                half, location, _pa_read(half, schema) if half.objects_only() else None
-            )
-        ]
+        # Read with json at once, not halved like outputs: request files are checked before
+        # they are sent, so a refusal here is rarely junk, but lines pyarrow's fixed schema
+        # cannot hold (content parts with images, for every line of a vision batch), where
+        # halving would parse the block again at every level.
+        return [_request_block_slow(block, location)]
     body = table.column("body").combine_chunks()
     prompt = pc.coalesce(
-        _last_user_content(pc.struct_field(body, "messages")), pc.struct_field(body, "prompt")
+        _last_user_content(pc.struct_field(body, "messages")),
+        pc.struct_field(body, "file"),
+        pc.struct_field(body, "prompt"),
     )
     return [
         pa.Table.from_arrays(
@@ -397,7 +399,8 @@ def _request_block_slow(block: _Block, location: str) -> pa.Table:
         model = body.get("model")
         prompt = _last_user_text(body.get("messages"))
         if prompt is None:
-            prompt = _text(body.get("prompt"))
+            audio = body.get("file")
+            prompt = audio if isinstance(audio, str) else _text(body.get("prompt"))
         ids.append(custom_id)
         models.append(model if isinstance(model, str) else None)
         prompts.append(prompt)

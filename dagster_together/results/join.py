@@ -42,7 +42,8 @@ class JoinSummary:
         destination: the Parquet location written.
         n_inputs: number of input requests.
         n_rows: rows written (always ``n_inputs``).
-        counts: rows per status, every status in :data:`STATUSES` present.
+        counts: rows per status, every status in :data:`STATUSES` present (``invalid_output``
+            only when the join had an ``output_schema``).
         unknown_ids: output/error lines whose ``custom_id`` is not an input (ignored).
         duplicate_ids: output/error lines ignored because their ``custom_id`` already had a result
             earlier (output files first, in the order given, then error files; first one wins).
@@ -57,6 +58,8 @@ class JoinSummary:
         preview_rows: the first rows (``custom_id``, ``status``, prompt and content shortened,
             ``error``).
         batch_status: the batch status the statuses were decided with.
+        output_columns: with an ``output_schema``, the columns its fields were written as, in
+            the schema's order.
     """
 
     destination: str
@@ -73,6 +76,7 @@ class JoinSummary:
     columns: tuple[tuple[str, str], ...] = ()
     preview_rows: tuple[dict[str, Any], ...] = ()
     batch_status: str | None = None
+    output_columns: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -86,8 +90,16 @@ class JoinSummary:
 
     @property
     def error_rate(self) -> float:
-        """Share of rows that did not succeed (0.0 for no rows)."""
+        """Share of rows that did not succeed (0.0 for no rows); ``invalid_output`` rows count."""
         return 1.0 - self.counts.get("succeeded", 0) / self.n_rows if self.n_rows else 0.0
+
+    @property
+    def invalid_output_rate(self) -> float:
+        """Share of answered rows (``succeeded`` + ``invalid_output``) whose answer did not match
+        the output schema (0.0 without any)."""
+        invalid = self.counts.get("invalid_output", 0)
+        answered = self.counts.get("succeeded", 0) + invalid
+        return invalid / answered if answered else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field (tuples become lists)."""
@@ -120,6 +132,7 @@ def join_results(
     batch_status: str | None = None,
     input_columns: Any = None,
     strict: bool = False,
+    output_schema: Any = None,
 ) -> JoinSummary:
     """Write one Parquet row per input ``custom_id`` with its result, and summarise.
 
@@ -141,6 +154,16 @@ def join_results(
             the inputs' own columns; its ids that are not inputs are ignored. Held in memory.
         strict: raise :class:`MalformedResultError` on the first malformed output/error line
             instead of recording it in the summary (the default records and logs each one).
+        output_schema: a JSON Schema dict, a Pydantic model class or an
+            :class:`~dagster_together.output_schema.OutputSchema` (e.g. the template's
+            ``RequestTemplate.schema``). Each succeeded answer's content is parsed as JSON (a
+            Markdown code fence around the whole answer is allowed) and checked; its fields
+            become typed columns after the result columns, under their own names, or
+            ``output_<name>`` where an input or result column has the name (see
+            :attr:`JoinSummary.output_columns`). An answer that is not JSON or does not match
+            gets ``status="invalid_output"``, keeps its text in ``content``, the reason in
+            ``error`` and ``invalid_json`` or ``schema_mismatch`` in ``error_code``; the join
+            never fails for it.
 
     Returns:
         A JoinSummary. Columns: ``custom_id``, the input columns, then :data:`RESULT_COLUMNS`:
@@ -154,6 +177,7 @@ def join_results(
         MalformedResultError: with ``strict=True``, for the first malformed line.
     """
 
+    schema = _compile_schema(output_schema)
     destination = str(os.fspath(destination))
     if destination.endswith("/") or os.path.isdir(destination):
         destination = destination.rstrip("/") + "/results.parquet"
@@ -193,7 +217,7 @@ def join_results(
         buckets.close_writers()
         ins.forget_ids()  # the lookups are done: the biggest per-input structure can go
         _give_back_memory()
-        fields = _assemble(ins, buckets, destination, opts, default_status, report)
+        fields = _assemble(ins, buckets, destination, opts, default_status, report, schema)
     finally:
         results.close()
         if buckets is not None:
@@ -211,6 +235,16 @@ def join_results(
         summary.n_malformed_lines,
     )
     return summary
+
+
+def _compile_schema(output_schema: Any) -> Any:
+    if output_schema is None:
+        return None
+    from dagster_together.output_schema import OutputSchema
+
+    if isinstance(output_schema, OutputSchema):
+        return output_schema
+    return OutputSchema(output_schema)
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

@@ -46,9 +46,18 @@ RESULT_COLUMNS = (
     "model",
     "error",
     "error_code",
+    "tool_calls",
+    "reasoning",
+    "language",
+    "duration",
     "response",
 )
-"""Columns added after the input columns (an input column of the same name becomes ``input_<name>``)."""
+"""Columns added after the input columns (an input column of the same name becomes ``input_<name>``).
+
+``tool_calls`` is the first choice's ``message.tool_calls`` as JSON text; ``reasoning`` its
+``message.reasoning`` (or ``reasoning_content``); ``language`` and ``duration`` come from audio
+answers (``verbose_json``), whose ``text`` is the ``content``. They are always present (null when
+an answer has none), so that every batch's Parquet file has the same columns."""
 
 _READ_AHEAD = 2  # output blocks parsed ahead (while the inputs are read), beside those in work
 _MAX_RECORDED = 100  # malformed lines / id examples kept in the summary
@@ -110,9 +119,19 @@ def _result_schema() -> pa.Schema:
     import pyarrow as pa
 
     error = pa.struct([("message", pa.string()), ("code", pa.string()), ("type", pa.string())])
+    function = pa.struct([("name", pa.string()), ("arguments", pa.string())])
+    call = pa.struct([("id", pa.string()), ("type", pa.string()), ("function", function)])
+    message = pa.struct(
+        [
+            ("content", pa.string()),
+            ("tool_calls", pa.list_(call)),
+            ("reasoning", pa.string()),
+            ("reasoning_content", pa.string()),
+        ]
+    )
     choice = pa.struct(
         [
-            ("message", pa.struct([("content", pa.string())])),
+            ("message", message),
             ("text", pa.string()),
             ("finish_reason", pa.string()),
         ]
@@ -130,6 +149,9 @@ def _result_schema() -> pa.Schema:
             ("choices", pa.list_(choice)),
             ("usage", usage),
             ("error", error),
+            ("text", pa.string()),
+            ("language", pa.string()),
+            ("duration", pa.float64()),
         ]
     )
     response = pa.struct([("status_code", pa.int64()), ("body", body)])
@@ -152,6 +174,10 @@ def _row_schema() -> pa.Schema:
             ("model", pa.string()),
             ("error", pa.string()),
             ("error_code", pa.string()),
+            ("tool_calls", pa.string()),
+            ("reasoning", pa.string()),
+            ("language", pa.string()),
+            ("duration", pa.float64()),
             ("response", pa.string()),
         ]
     )
@@ -255,9 +281,14 @@ def _extract(
         pc.if_else(bad_code, code_text, null_str),
     )
     first = _first_element(pc.struct_field(body, "choices"))
+    message = pc.struct_field(first, "message")
     content = pc.coalesce(
-        pc.struct_field(pc.struct_field(first, "message"), "content"),
+        pc.struct_field(message, "content"),
         pc.struct_field(first, "text"),
+        pc.struct_field(body, "text"),
+    )
+    reasoning = pc.coalesce(
+        pc.struct_field(message, "reasoning"), pc.struct_field(message, "reasoning_content")
     )
     usage = pc.struct_field(body, "usage")
     rows = pa.Table.from_arrays(
@@ -272,6 +303,10 @@ def _extract(
             pc.struct_field(body, "model"),
             error,
             error_code,
+            _tool_calls_text(pc.struct_field(message, "tool_calls")),
+            reasoning,
+            pc.struct_field(body, "language"),
+            pc.struct_field(body, "duration"),
             block.raw_lines(),
         ],
         schema=_row_schema(),
@@ -285,6 +320,19 @@ def _extract(
 
 
 _NO_RESPONSE = "no response in the output line"
+
+
+def _tool_calls_text(calls: Any) -> Any:
+    """Each row's tool calls as JSON text (null without any): only those rows go through
+    Python, so answers without tool calls cost one null count."""
+    import pyarrow as pa
+
+    if calls.null_count == len(calls):
+        return pa.nulls(len(calls), pa.string())
+    return pa.array(
+        [None if c is None else json.dumps(c, ensure_ascii=False) for c in calls.to_pylist()],
+        pa.string(),
+    )
 
 
 def _result_block_slow(block: _Block, location: str, report: _Report | _BadLines) -> pa.Table:
@@ -360,9 +408,16 @@ def _extract_one(obj: dict[str, Any]) -> tuple[Any, ...] | None:
     first = choices[0] if isinstance(choices, list) and choices else None
     first = first if isinstance(first, dict) else {}
     message = first.get("message")
-    content = _text(message.get("content")) if isinstance(message, dict) else None
+    message = message if isinstance(message, dict) else {}
+    content = _text(message.get("content"))
     if content is None:
         content = _text(first.get("text"))
+    if content is None:
+        content = _text(body.get("text"))
+    calls = message.get("tool_calls")
+    reasoning = _coalesce(_text(message.get("reasoning")), _text(message.get("reasoning_content")))
+    language = body.get("language")
+    duration = body.get("duration")
     usage = body.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     finish = first.get("finish_reason")
@@ -378,6 +433,12 @@ def _extract_one(obj: dict[str, Any]) -> tuple[Any, ...] | None:
         model if model is None or isinstance(model, str) else str(model),
         error,
         error_code,
+        None if calls is None else json.dumps(calls, ensure_ascii=False),
+        reasoning,
+        language if language is None or isinstance(language, str) else str(language),
+        float(duration)
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool)
+        else None,
     )
 
 
