@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import figures_dagster, figures_join, figures_transfer
+from bench import figures_cache, figures_dagster, figures_join, figures_transfer
 from bench.context import FULL, QUICK, Context, Figure
 from bench.data import OUT_DIR
 from bench.report import Row, machine, print_table, write_json
@@ -21,6 +21,7 @@ from bench.report import Row, machine, print_table, write_json
 FIGURES: dict[str, Figure] = {
     **figures_join.FIGURES,
     **figures_transfer.FIGURES,
+    **figures_cache.FIGURES,
     **figures_dagster.FIGURES,
 }
 

@@ -32,6 +32,9 @@ class Sizes:
     backfill_repeats: int
     repeats: int  # best of N for measurements of a few seconds
     repeats_long: int  # best of N for the slow ones (1 GB transfers)
+    cache_store_n: int  # answers in the answer store
+    cache_lookup_n: int  # requests looked up in it (half of them answered there)
+    final_n: int  # rows of the final table assembled from its batches
 
 
 FULL = Sizes(
@@ -48,6 +51,9 @@ FULL = Sizes(
     backfill_repeats=2,
     repeats=5,
     repeats_long=3,
+    cache_store_n=10_000_000,
+    cache_lookup_n=1_000_000,
+    final_n=1_000_000,
 )
 
 QUICK = Sizes(
@@ -64,6 +70,9 @@ QUICK = Sizes(
     backfill_repeats=1,
     repeats=1,
     repeats_long=1,
+    cache_store_n=200_000,
+    cache_lookup_n=50_000,
+    final_n=50_000,
 )
 
 

@@ -90,8 +90,15 @@ class AnswerStore:
             format="parquet",
             partitioning=ds.partitioning(pa.schema([("batch_id", pa.string())]), flavor="hive"),
         )
-        wanted = ds.field("key").isin(keys)
-        return dataset.to_table(columns=columns, filter=wanted)
+        # One file and one batch ahead at a time: memory follows the wanted keys, not the store.
+        scanner = dataset.scanner(
+            columns=columns,
+            filter=ds.field("key").isin(keys),
+            batch_readahead=1,
+            fragment_readahead=1,
+        )
+        found = [batch for batch in scanner.to_batches() if batch.num_rows]
+        return pa.Table.from_batches(found, schema=scanner.projected_schema)
 
 
 def _first_per_key(table: pa.Table) -> pa.Table:

@@ -37,7 +37,7 @@ from dagster_together.storage import BatchStorageLayout
 from dagster_together.translator import DagsterTogetherTranslator, TogetherBatchProps
 
 if TYPE_CHECKING:
-    from dagster_together.requests import RequestTemplate
+    from dagster_together.requests import AudioTemplate, RequestTemplate
     from dagster_together.resources import TogetherResource
 
 __all__ = [
@@ -96,7 +96,7 @@ class TogetherBatchSteps:
     """
 
     layout: BatchStorageLayout
-    template: "RequestTemplate | None" = None
+    template: "RequestTemplate | AudioTemplate | None" = None
     id_column: str | None = None
     batching: BatchingOptions = BatchingOptions()
     results: ResultsOptions = ResultsOptions()
@@ -212,7 +212,7 @@ def build_together_batch_defs(
     name: str,
     prompts: dg.AssetKey | str | Sequence[str] | dg.AssetsDefinition | dg.AssetSpec,
     storage: str | BatchStorageLayout,
-    template: "RequestTemplate | None" = None,
+    template: "RequestTemplate | AudioTemplate | None" = None,
     id_column: str | None = None,
     batching: BatchingOptions = BatchingOptions(),
     results: ResultsOptions = ResultsOptions(),
@@ -307,7 +307,9 @@ def build_together_batch_defs(
         **_spec_arguments(results_spec),
         "required_resource_keys": resource_keys,
         "retry_policy": results.retry_policy,
-        "check_specs": results_check_specs(results_spec.key, results),
+        "check_specs": results_check_specs(
+            results_spec.key, results, structured=getattr(template, "schema", None) is not None
+        ),
         "io_manager_key": io_manager_key,
         "resource_defs": {io_manager_key: results_io_manager(layout, final=waits)},
     }

@@ -42,6 +42,8 @@ __all__ = [
 
 COMPLETENESS_CHECK = "completeness"
 """Asset check: every input appears exactly once; no unknown or duplicate output ids."""
+INVALID_OUTPUT_CHECK = "invalid_output_rate"
+"""Asset check (with an output schema): the share of answers that do not match it."""
 ERROR_RATE_CHECK = "error_rate"
 """Asset check: the share of inputs without a successful answer is at most ``max_error_rate``."""
 
@@ -49,7 +51,7 @@ RESULT_COLUMN_DESCRIPTIONS: Mapping[str, str] = {
     "custom_id": "The request's id: your id column's value as text, unique in the batch.",
     "request_model": "The model named in the request.",
     "prompt": "The last user message (or prompt) of the request.",
-    "status": "succeeded, failed, missing, expired or cancelled.",
+    "status": "succeeded, failed, missing, expired, cancelled or invalid_output.",
     "content": "The answer's text (choices[0]); null without an answer.",
     "finish_reason": "Why the model stopped: stop, length, tool_calls, ...",
     "prompt_tokens": "Input tokens billed for this request.",
@@ -59,15 +61,33 @@ RESULT_COLUMN_DESCRIPTIONS: Mapping[str, str] = {
     "error": "Together's error message for a failed request.",
     "error_code": "Together's error code for a failed request.",
     "response": "The raw response body as JSON text, for fields not in their own column.",
+    "tool_calls": "The tool calls the model made, as JSON text.",
+    "reasoning": "The model's reasoning text, when it returns one.",
+    "language": "The language of the audio (transcriptions).",
+    "duration": "The duration of the audio in seconds (transcriptions).",
+    "attempts": "How many batches the row went to (0: answered from the answer store).",
+    "batch_id": "The batch that answered the row (for a cached row: the one that paid).",
+    "cached": "True when the answer store answered the row.",
 }
 """What each column of a results table holds; the user's own columns come from the prompts."""
 
 _PREVIEW_ROWS = 5
 
 
-def results_check_specs(asset_key: dg.AssetKey, options: ResultsOptions) -> list[dg.AssetCheckSpec]:
-    """The ``completeness`` and ``error_rate`` checks of a results asset."""
-    return [
+def results_check_specs(
+    asset_key: dg.AssetKey, options: ResultsOptions, *, structured: bool = False
+) -> list[dg.AssetCheckSpec]:
+    """The ``completeness`` and ``error_rate`` checks of a results asset, and with an output
+    schema (``structured``) ``invalid_output_rate``."""
+    invalid = dg.AssetCheckSpec(
+        INVALID_OUTPUT_CHECK,
+        asset=asset_key,
+        description=(
+            f"At most {options.max_invalid_output_rate:.1%} of the answers not matching the "
+            "output schema."
+        ),
+    )
+    return ([invalid] if structured else []) + [
         dg.AssetCheckSpec(
             COMPLETENESS_CHECK,
             asset=asset_key,
@@ -143,6 +163,7 @@ def collect_batch(
         destination=destination,
         storage_options=options,
         batch_status=str(job.status),
+        output_schema=_schema_of(layout, batch_id),
     )
     context.log.info(
         f"Batch {batch_id} ({job.status}): "
@@ -249,6 +270,13 @@ def report_final(
     return final
 
 
+def _schema_of(layout: BatchStorageLayout, batch_id: str) -> Any:
+    """The output schema the batch's submission kept (None for none, or no submission)."""
+    submissions = Submissions(layout)
+    record = submissions.of_batch(batch_id)
+    return submissions.schema(record.submission_id) if record is not None else None
+
+
 def results_metadata(
     summaries: Iterable[_Table], *, uri: str, prices: PriceTable
 ) -> dict[str, Any]:
@@ -271,6 +299,9 @@ def results_metadata(
         "dagster/uri": dg.MetadataValue.path(uri),
         "dagster/column_schema": _schema(summaries[0].columns if summaries else ()),
         "together/error_rate": (1.0 - answered / n_rows) if n_rows else 0.0,
+        "together/invalid_output_rate": (counts.get("invalid_output", 0) / n_rows)
+        if n_rows
+        else 0.0,
         "together/preview": _preview(summaries),
     }
     metadata.update({f"together/n_{status}": n for status, n in sorted(counts.items())})
@@ -342,7 +373,19 @@ def check_results(
             **counts,
         },
     )
-    return [completeness, error_rate]
+    invalid = sum(s.counts.get("invalid_output", 0) for _, s in ended)
+    invalid_rate = invalid / n_rows if n_rows else 0.0
+    invalid_output = dg.AssetCheckResult(
+        check_name=INVALID_OUTPUT_CHECK,
+        passed=invalid_rate <= options.max_invalid_output_rate,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "invalid_output_rate": invalid_rate,
+            "max_invalid_output_rate": options.max_invalid_output_rate,
+            "n_invalid_output": invalid,
+        },
+    )
+    return [completeness, error_rate, invalid_output]
 
 
 def final_check_results(
@@ -352,6 +395,7 @@ def final_check_results(
     every follow-up, cached rows included)."""
     succeeded = final.counts.get("succeeded", 0)
     rate = (1.0 - succeeded / final.n_rows) if final.n_rows else 0.0
+    invalid_rate = final.counts.get("invalid_output", 0) / final.n_rows if final.n_rows else 0.0
     counts = {f"n_{status}": n for status, n in sorted(final.counts.items())}
     return [
         dg.AssetCheckResult(
@@ -371,6 +415,15 @@ def final_check_results(
                 **counts,
             },
         ),
+        dg.AssetCheckResult(
+            check_name=INVALID_OUTPUT_CHECK,
+            passed=invalid_rate <= options.max_invalid_output_rate,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "invalid_output_rate": invalid_rate,
+                "max_invalid_output_rate": options.max_invalid_output_rate,
+            },
+        ),
     ]
 
 
@@ -380,7 +433,9 @@ def _schema(columns: Iterable[tuple[str, str]]) -> dg.TableSchema:
             dg.TableColumn(
                 name,
                 type,
-                description=RESULT_COLUMN_DESCRIPTIONS.get(name, "From the prompts table."),
+                description=RESULT_COLUMN_DESCRIPTIONS.get(
+                    name, "From the prompts table, or a field of the output schema."
+                ),
             )
             for name, type in columns
         ]

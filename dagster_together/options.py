@@ -75,11 +75,14 @@ class ResultsOptions:
             failed requests are normal and the table is still complete and usable.
         retry_policy: step retries of the results asset (2 retries, 15 s then 30 s); None to
             fail at once. A batch that has not ended yet is never retried.
+        max_invalid_output_rate: with an output schema, the ``invalid_output_rate`` check (a
+            warning) passes while at most this share of the answers do not match it.
     """
 
     max_error_rate: float = 0.05
     error_rate_severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.WARN
     retry_policy: dg.RetryPolicy | None = field(default=DEFAULT_RESULTS_RETRY_POLICY)
+    max_invalid_output_rate: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:

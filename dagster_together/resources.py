@@ -26,7 +26,7 @@ from dagster_together.storage import BatchStorageLayout
 if TYPE_CHECKING:
     from dagster_together.client import Batches, Files, TogetherClient
     from dagster_together.collect import FinalTable
-    from dagster_together.requests import RequestTemplate
+    from dagster_together.requests import AudioTemplate, RequestTemplate
 
 __all__ = ["TogetherResource"]
 
@@ -155,7 +155,7 @@ class TogetherResource(dg.ConfigurableResource):
         *,
         storage: str | BatchStorageLayout,
         partitions_def: dg.DynamicPartitionsDefinition,
-        template: RequestTemplate | None = None,
+        template: RequestTemplate | AudioTemplate | None = None,
         id_column: str | None = None,
         batching: BatchingOptions = BatchingOptions(),
         cost: CostOptions = CostOptions(),
@@ -290,7 +290,7 @@ class TogetherResource(dg.ConfigurableResource):
         prompts: Any,
         *,
         storage: str | BatchStorageLayout,
-        template: RequestTemplate | None = None,
+        template: RequestTemplate | AudioTemplate | None = None,
         id_column: str | None = None,
         batching: BatchingOptions = BatchingOptions(),
         results: ResultsOptions = ResultsOptions(),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster_together.answers import ANSWER_COLUMNS, AnswerStore
 from dagster_together.options import ResubmitOptions
+from dagster_together.output_schema import OutputSchema
 from dagster_together.storage import BatchStorageLayout, open_pending, publish_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,6 +118,25 @@ class Submissions:
         publish_parquet(
             table, self._layout.submission_inputs(submission_id), self._layout.storage_options
         )
+
+    def write_schema(self, submission_id: str, schema: OutputSchema) -> None:
+        """Keep the output schema the submission's answers are parsed with: batches run for
+        hours, and the template may change meanwhile."""
+        data = json.dumps(
+            {"schema": schema.schema, "name": schema.name, "strict": schema.strict}, sort_keys=True
+        ).encode()
+        with open_pending(
+            self._layout.submission_schema(submission_id), self._layout.storage_options
+        ) as out:
+            out.write(data)
+
+    def schema(self, submission_id: str) -> OutputSchema | None:
+        """The submission's output schema, or None when its requests had none."""
+        fs, path = self._layout.filesystem(self._layout.submission_schema(submission_id))
+        if not fs.exists(path):
+            return None
+        data = json.loads(fs.cat_file(path))
+        return OutputSchema(data["schema"], name=data["name"], strict=data["strict"])
 
     def complete(self, submission_id: str) -> bool:
         """Whether every batch of the submission has its results (so the final table can be

@@ -27,7 +27,7 @@ from dagster_together.submissions import (
 
 if TYPE_CHECKING:
     from dagster_together.client import BatchJob, TogetherClient
-    from dagster_together.requests import RequestChunk, RequestTemplate
+    from dagster_together.requests import AudioTemplate, RequestChunk, RequestTemplate
 
 __all__ = [
     "Submission",
@@ -87,7 +87,7 @@ class Submission:
     n_cached: int = 0
 
 
-def endpoint_of(template: RequestTemplate | None, batching: BatchingOptions) -> str:
+def endpoint_of(template: RequestTemplate | AudioTemplate | None, batching: BatchingOptions) -> str:
     """The endpoint every request targets: ``batching.endpoint``, the template's, or chat."""
     if batching.endpoint is None:
         return template.endpoint if template is not None else "/v1/chat/completions"
@@ -105,7 +105,7 @@ def submit_prompts(
     prompts: Any,
     *,
     layout: BatchStorageLayout,
-    template: RequestTemplate | None,
+    template: RequestTemplate | AudioTemplate | None,
     id_column: str | None,
     batching: BatchingOptions,
     cost: CostOptions,
@@ -145,7 +145,8 @@ def submit_prompts(
             prompts,
             template=template,
             id_column=id_column,
-            endpoint=endpoint if template is not None else None,
+            endpoint=endpoint,
+            storage_options=layout.storage_options,
         )
 
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
@@ -202,6 +203,9 @@ def submit_prompts(
                 f"under {layout.answers_url}: only {n_rows - len(cached_ids):,} are sent."
             )
         # 2. The submission's rows, in input order, before anything is paid for.
+        schema = getattr(template, "schema", None)
+        if schema is not None:
+            Submissions(layout).write_schema(submission_id, schema)
         by_key = dict(zip(hits["key"].to_pylist(), hits["batch_id"].to_pylist(), strict=True))
         key_column = pa.array(keys.keys, pa.string())
         Submissions(layout).write_inputs(

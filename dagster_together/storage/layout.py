@@ -12,6 +12,7 @@
     {storage_url}/answers/batch_id={batch_id}/part-0.parquet   the batch's answers, by content key
     {storage_url}/submissions/{submission_id}/inputs.parquet   a submission's rows, in input order
     {storage_url}/submissions/{submission_id}/batches/{batch_id}.json   its batches, one file each
+    {storage_url}/submissions/{submission_id}/output_schema.json  the answers' schema, if any
     {storage_url}/final/submission={submission_id}/part-0.parquet  its final table
 
 ``results/`` is a hive-partitioned Parquet dataset: DuckDB, Spark, Trino or
@@ -98,6 +99,10 @@ class BatchStorageLayout:
     def submission_inputs(self, submission_id: str) -> str:
         """A submission's rows in input order: ids, content keys, cache hits, user columns."""
         return join(self.submission_dir(submission_id), "inputs.parquet")
+
+    def submission_schema(self, submission_id: str) -> str:
+        """The output schema the submission's answers are parsed with (JSON Schema)."""
+        return join(self.submission_dir(submission_id), "output_schema.json")
 
     def submission_batches(self, submission_id: str) -> str:
         """The folder of a submission's batch records."""
