@@ -165,9 +165,17 @@ def assemble_final(layout: BatchStorageLayout, submission_id: str) -> FinalSumma
     inputs = _read_parquet(layout.submission_inputs(submission_id), layout)
     records = submissions.batches(submission_id)
     wanted = ["custom_id", "status", *ANSWER_COLUMNS, "error", "error_code"]
+    # Beside them, what the answers carry on top (the output schema's typed fields, tool calls,
+    # reasoning): every other column of the results but the inputs' and the raw request/answer.
+    skip = {*wanted, *inputs.column_names, *_NOT_IN_FINAL}
+    extra: list[str] = []
     attempts = []
     for record in records:
-        table = _read_parquet(layout.results_parquet(record.batch_id), layout, columns=wanted)
+        location = layout.results_parquet(record.batch_id)
+        if not extra:
+            fs, path = layout.filesystem(location)
+            extra = [n for n in _schema_names(fs, path) if n not in skip]
+        table = _read_parquet(location, layout, columns=[*wanted, *extra])
         n = table.num_rows
         attempts.append(
             _cast_text(table)
@@ -207,6 +215,11 @@ def assemble_final(layout: BatchStorageLayout, submission_id: str) -> FinalSumma
             "cached": pa.array([True] * n, pa.bool_()),
         }
     )
+    if attempts:  # the store keeps the plain answer: typed fields stay empty for cached rows
+        for name in extra:
+            cached_rows = cached_rows.append_column(
+                sent.schema.field(name), pa.nulls(n, sent.schema.field(name).type)
+            )
     sent = sent.select(cached_rows.column_names)
     if sent.num_rows == 0:  # answered whole by the store: no result file to take types from
         sent = cached_rows.schema.empty_table()
@@ -257,6 +270,17 @@ def _cast_text(table: pa.Table) -> pa.Table:
         for f in table.schema
     ]
     return table.cast(pa.schema(fields))
+
+
+# Results columns the final table leaves out: the request (it is in the inputs) and the raw
+# answer (in each batch's results).
+_NOT_IN_FINAL = ("request_model", "prompt", "response")
+
+
+def _schema_names(fs: Any, path: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path, filesystem=fs).names)
 
 
 def _preview(final: pa.Table) -> list[dict[str, Any]]:
