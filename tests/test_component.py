@@ -279,3 +279,36 @@ def test_discovered_through_the_registry_entry_point() -> None:
     found = {name for name in dir(module) if hasattr(getattr(module, name), "__dg_package_entry__")}
     assert found == {"TogetherBatchComponent"}
     assert module.TogetherBatchComponent is TogetherBatchComponent
+
+
+def test_yaml_templates_over_columns_with_an_output_schema(sandbox: DefsFolderSandbox) -> None:
+    (sandbox.defs_folder_path / "prompts.py").write_text(PROMPTS_PY)
+    write_yaml(
+        sandbox,
+        "extract",
+        f"""
+        type: {TYPE}
+        attributes:
+          name: extract
+          prompts: reviews
+          storage_url: /tmp/unused
+          id_column: review_id
+          template:
+            model: m
+            messages:
+              - {{role: system, content: "Extract the fields."}}
+              - {{role: user, content: "Review {{text}}"}}
+            output_schema:
+              type: object
+              properties:
+                sentiment: {{type: string}}
+                severity: {{type: integer}}
+        """,
+    )
+    with sandbox.build_all_defs() as defs:
+        results = defs.resolve_assets_def("extract_results")
+        assert {c.name for c in results.check_specs} == {
+            "completeness",
+            "error_rate",
+            "invalid_output_rate",
+        }

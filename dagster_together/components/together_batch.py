@@ -76,9 +76,27 @@ class RequestTemplateModel(dg.Model):
     """How a row of the prompts table becomes a request body."""
 
     model: str = Field(description="The model every request uses.")
-    prompt_column: str = Field(description="The column holding the user message / prompt.")
+    prompt_column: str | None = Field(
+        default=None, description="The column holding the user message / prompt."
+    )
     system_prompt: str | None = Field(
         default=None, description="A system message put before the user message (chat only)."
+    )
+    messages: list[dict[str, str]] | None = Field(
+        default=None,
+        description="Messages ({role, content}) whose text has {column} placeholders; instead "
+        "of prompt_column.",
+    )
+    image_column: str | None = Field(
+        default=None, description="A column of image URLs (or paths) sent with each request."
+    )
+    inline_images: bool = Field(
+        default=False, description="Send local or s3:// images as data URLs."
+    )
+    output_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="A JSON Schema of the answer: sent as response_format, its fields land as "
+        "typed columns.",
     )
     body: dict[str, Any] = Field(
         default_factory=dict,
@@ -409,6 +427,10 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             model=self.template.model,
             prompt_column=self.template.prompt_column,
             system_prompt=self.template.system_prompt,
+            messages=self.template.messages,
+            image_column=self.template.image_column,
+            inline_images=self.template.inline_images,
+            output_schema=self.template.output_schema,
             endpoint=self.batching.endpoint,
             body=self.template.body,
         )
