@@ -44,15 +44,15 @@ def fresh_location(
 
 def test_the_readme_has_the_snippets_this_test_runs() -> None:
     snippets = python_snippets()
-    assert len(snippets) == 6
-    assert "build_together_batch_defs(" in snippets[0] and "TogetherClient()" in snippets[5]
+    assert len(snippets) == 7
+    assert "build_together_batch_defs(" in snippets[0] and "TogetherClient()" in snippets[6]
 
 
 def test_code_location_snippets_run_as_pasted(
     fresh_location: Path, emulator: Any, instance: dg.DagsterInstance
 ) -> None:
-    # The first five snippets build on each other (the second reuses `reviews`, ...).
-    code = "\n\n".join(python_snippets()[:5])
+    # The first six snippets build on each other (the second reuses `reviews`, ...).
+    code = "\n\n".join(python_snippets()[:6])
     code += "\n\nteam = build_together_batch_defs(name='team', prompts=reviews, storage='data/team', translator=TeamTranslator())\n"
     (fresh_location / "definitions.py").write_text(code)
     module = _load(fresh_location / "definitions.py")
@@ -106,6 +106,8 @@ def test_code_location_snippets_run_as_pasted(
     # The translator, and the budgeted pipeline's options.
     assert module.team.results_asset.key == dg.AssetKey(["llm", "team_results"])
     assert module.budgeted.final_asset.key == dg.AssetKey("budgeted_final")
+    checks = {c.name for c in module.extract.results_asset.check_specs}
+    assert "invalid_output_rate" in checks
 
 
 def test_plain_python_snippet_runs_as_pasted(fresh_location: Path) -> None:
@@ -114,7 +116,7 @@ def test_plain_python_snippet_runs_as_pasted(fresh_location: Path) -> None:
             body = {"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]}
             handle.write(json.dumps({"custom_id": f"r{i}", "body": body}) + "\n")
     scope: dict[str, Any] = {}
-    exec(python_snippets()[5], scope)
+    exec(python_snippets()[6], scope)
     scope["client"].close()
     assert scope["summary"].counts["succeeded"] == 3
     assert (fresh_location / "results.parquet").exists()
