@@ -327,7 +327,6 @@ def check_results(
     ended = list(ended)
     n_inputs = sum(s.n_inputs for _, s in ended)
     n_rows = sum(s.n_rows for _, s in ended)
-    n_succeeded = sum(s.counts.get("succeeded", 0) for _, s in ended)
     # A COMPLETED batch must answer every request (output or error line); after FAILED, EXPIRED
     # or CANCELLED unanswered requests are expected and show up in the error rate instead.
     unanswered = sum(
@@ -357,35 +356,11 @@ def check_results(
         if complete
         else "Together's answer files do not match the inputs one to one; see the metadata.",
     )
-    rate = (1.0 - n_succeeded / n_rows) if n_rows else 0.0
     counts: dict[str, int] = {}
     for _, s in ended:
         for status, n in s.counts.items():
-            counts[f"n_{status}"] = counts.get(f"n_{status}", 0) + n
-    error_rate = dg.AssetCheckResult(
-        check_name=ERROR_RATE_CHECK,
-        passed=rate <= options.max_error_rate,
-        severity=options.error_rate_severity,
-        metadata={
-            "error_rate": rate,
-            "max_error_rate": options.max_error_rate,
-            "n_inputs": n_inputs,
-            **counts,
-        },
-    )
-    invalid = sum(s.counts.get("invalid_output", 0) for _, s in ended)
-    invalid_rate = invalid / n_rows if n_rows else 0.0
-    invalid_output = dg.AssetCheckResult(
-        check_name=INVALID_OUTPUT_CHECK,
-        passed=invalid_rate <= options.max_invalid_output_rate,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "invalid_output_rate": invalid_rate,
-            "max_invalid_output_rate": options.max_invalid_output_rate,
-            "n_invalid_output": invalid,
-        },
-    )
-    return [completeness, error_rate, invalid_output]
+            counts[status] = counts.get(status, 0) + n
+    return [completeness, *_rate_checks(counts, n_rows, n_inputs, options)]
 
 
 def final_check_results(
@@ -393,17 +368,23 @@ def final_check_results(
 ) -> list[dg.AssetCheckResult]:
     """The ``completeness`` and ``error_rate`` results over a submission's final table (after
     every follow-up, cached rows included)."""
-    succeeded = final.counts.get("succeeded", 0)
-    rate = (1.0 - succeeded / final.n_rows) if final.n_rows else 0.0
-    invalid_rate = final.counts.get("invalid_output", 0) / final.n_rows if final.n_rows else 0.0
-    counts = {f"n_{status}": n for status, n in sorted(final.counts.items())}
+    completeness = dg.AssetCheckResult(
+        check_name=COMPLETENESS_CHECK,
+        passed=final.n_rows == n_inputs,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"n_inputs": n_inputs, "n_rows": final.n_rows},
+    )
+    return [completeness, *_rate_checks(final.counts, final.n_rows, n_inputs, options)]
+
+
+def _rate_checks(
+    counts: Mapping[str, int], n_rows: int, n_inputs: int, options: ResultsOptions
+) -> list[dg.AssetCheckResult]:
+    """``error_rate`` (rows without a successful answer) and ``invalid_output_rate``."""
+    rate = (1.0 - counts.get("succeeded", 0) / n_rows) if n_rows else 0.0
+    invalid = counts.get("invalid_output", 0)
+    invalid_rate = invalid / n_rows if n_rows else 0.0
     return [
-        dg.AssetCheckResult(
-            check_name=COMPLETENESS_CHECK,
-            passed=final.n_rows == n_inputs,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"n_inputs": n_inputs, "n_rows": final.n_rows},
-        ),
         dg.AssetCheckResult(
             check_name=ERROR_RATE_CHECK,
             passed=rate <= options.max_error_rate,
@@ -412,7 +393,7 @@ def final_check_results(
                 "error_rate": rate,
                 "max_error_rate": options.max_error_rate,
                 "n_inputs": n_inputs,
-                **counts,
+                **{f"n_{status}": n for status, n in sorted(counts.items())},
             },
         ),
         dg.AssetCheckResult(
@@ -422,6 +403,7 @@ def final_check_results(
             metadata={
                 "invalid_output_rate": invalid_rate,
                 "max_invalid_output_rate": options.max_invalid_output_rate,
+                "n_invalid_output": invalid,
             },
         ),
     ]
