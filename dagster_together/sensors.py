@@ -8,7 +8,9 @@ batch that reached a terminal status.
 State: the instance says which batches are submitted (the dynamic partition keys) and which are
 already retrieved (materialised partitions) or being retrieved (in progress). The JSON cursor
 holds only the batches this sensor requested a run for that are not materialised yet (queued,
-running, or failed runs), so it stays small and is pruned every tick.
+running, or failed runs), the ticks each watched batch has been missing from Together's list,
+and the batches reported gone; it stays small and is pruned every tick. Follow-up batches are
+partitions like any other: the sensor watches them the same way.
 """
 
 import json
