@@ -215,13 +215,18 @@ def assemble_final(layout: BatchStorageLayout, submission_id: str) -> FinalSumma
             "cached": pa.array([True] * n, pa.bool_()),
         }
     )
-    if attempts:  # the store keeps the plain answer: typed fields stay empty for cached rows
+    schema = submissions.schema(submission_id)
+    typed = _typed_columns(schema, cached_rows["content"]) if schema is not None else {}
+    for name, column in typed.items():
+        cached_rows = cached_rows.append_column(name, column)
+    if attempts:  # what only batch results carry (tool calls, reasoning) stays empty when cached
         for name in extra:
-            cached_rows = cached_rows.append_column(
-                sent.schema.field(name), pa.nulls(n, sent.schema.field(name).type)
-            )
-    sent = sent.select(cached_rows.column_names)
-    if sent.num_rows == 0:  # answered whole by the store: no result file to take types from
+            if name not in typed:
+                field = sent.schema.field(name)
+                cached_rows = cached_rows.append_column(field, pa.nulls(n, field.type))
+    if attempts:
+        sent = sent.select(cached_rows.column_names)
+    else:  # answered whole by the store: no result file to take types from
         sent = cached_rows.schema.empty_table()
     answered = pa.concat_tables([sent, cached_rows.cast(sent.schema)])
     own = [c for c in inputs.column_names if c not in ("custom_id", "key", "cached_batch_id")]
@@ -270,6 +275,21 @@ def _cast_text(table: pa.Table) -> pa.Table:
         for f in table.schema
     ]
     return table.cast(pa.schema(fields))
+
+
+def _typed_columns(schema: OutputSchema, contents: Any) -> dict[str, Any]:
+    """The output schema's fields of stored answers, as typed columns (a stored answer passed
+    the same schema once: its key includes the request's ``response_format``)."""
+    import pyarrow as pa
+
+    fields = schema.arrow_fields()
+    rows = []
+    for text in contents.to_pylist():
+        try:
+            rows.append(schema.parse(text))
+        except ValueError:
+            rows.append({})
+    return {f.name: pa.array([row.get(f.name) for row in rows], f.type) for f in fields}
 
 
 # Results columns the final table leaves out: the request (it is in the inputs) and the raw

@@ -230,7 +230,7 @@ def _run(
     layout = batches.layout
 
     # 1. Submit ----------------------------------------------------------------------------
-    say(f"\n1/3 Submit: {SUBMIT_JOB_NAME} (reviews -> reviews_batches)")
+    say(f"\n1/4 Submit: {SUBMIT_JOB_NAME} (reviews -> reviews_batches)")
     submit = defs.resolve_job_def(SUBMIT_JOB_NAME).execute_in_process(
         instance=instance, run_config=run_config, raise_on_error=False
     )
@@ -266,7 +266,7 @@ def _run(
     sensor = defs.resolve_sensor_def(batches.sensor.name)
     results_job = defs.resolve_job_def(batches.results_job.name)
     final_location = layout.final_parquet(submission_id)
-    say(f"\n2/3 Watch: sensor {sensor.name} every {poll_seconds:g} s")
+    say(f"\n2/4 Watch: sensor {sensor.name} every {poll_seconds:g} s")
     done_before = sorted(
         set(batch_ids) & instance.get_materialized_partitions(batches.results_asset.key)
     )
@@ -321,7 +321,7 @@ def _run(
 
     # 3. Results: the submission's final table -------------------------------------------------
     say(
-        "\n3/3 Results"
+        "\n3/4 Results"
         + (" (the emulator answers with a keyword rule, not a model)" if uses_emulator else "")
     )
     table = _read_results(layout, [final_location])
@@ -337,6 +337,7 @@ def _run(
     if reported is not None and "together/cost_usd" in reported.metadata:
         cost = reported.metadata["together/cost_usd"].value
         say(f"   real cost (from the usage Together reported): ${cost:.4f}")
+    _typed_answers(pipeline, instance, say, run_config)
     say(f"results: {final_location}")
     return DemoResult(
         location=final_location,
@@ -349,6 +350,38 @@ def _run(
         n_sent=n_sent,
         n_cached=n_cached,
     )
+
+
+def _typed_answers(
+    pipeline: ReviewsPipeline, instance: dg.DagsterInstance, say: _Printer, run_config: Any
+) -> None:
+    """The second pipeline: typed fields from each review, submitted and waited for in one run;
+    one row printed with the Python types of its fields."""
+    facts = pipeline.facts
+    if facts is None:
+        return
+    key = facts.results_asset.key
+    say(
+        f"\n4/4 Typed answers: {key.to_user_string()} (an output schema; one run submits and waits)"
+    )
+    run = dg.materialize(
+        [pipeline.defs.resolve_assets_def("reviews"), pipeline.defs.resolve_assets_def(key)],
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=False,
+    )
+    if not run.success:
+        raise DemoError(f"The run {run.run_id} of {key.to_user_string()} failed: {_failure(run)}")
+    [mat] = [m for m in run.asset_materializations_for_node(key.path[-1]) if m.asset_key == key]
+    location = str(mat.metadata["dagster/uri"].value)
+    table = _read_results(facts.layout, [location])
+    row = next(r for r in table.to_pylist() if r["status"] == "succeeded")
+    fields = ", ".join(
+        f"{name}={row[name]!r} ({type(row[name]).__name__})"
+        for name in ("sentiment", "product_issue", "severity")
+    )
+    say(f"   {row['custom_id']}: {fields}")
+    say(f"   {table.num_rows} rows with typed columns in {location}")
 
 
 def _tick(

@@ -39,8 +39,10 @@ from dagster_together import (
     SensorOptions,
     TogetherBatchDefs,
     TogetherResource,
+    WaitOptions,
     build_together_batch_defs,
 )
+from dagster_together.storage import join
 from dagster_together.translator import TogetherBatchProps
 from example_project.local_emulator import DEMO_DIR, ensure_emulator
 from example_project.reviews import make_reviews
@@ -72,6 +74,30 @@ TEMPLATE = RequestTemplate(
     ),
     body={"max_tokens": 5, "temperature": 0},
 )
+
+FACTS_TEMPLATE = RequestTemplate(
+    model="meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    messages=[
+        {
+            "role": "system",
+            "content": "You read reviews of a {product}. Extract the sentiment, the product "
+            "issue (null if none) and its severity from 0 (none) to 5, as JSON.",
+        },
+        {"role": "user", "content": "{review}"},
+    ],
+    output_schema={
+        "type": "object",
+        "title": "review_facts",
+        "properties": {
+            "sentiment": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+            "product_issue": {"type": ["string", "null"]},
+            "severity": {"type": "integer", "minimum": 0, "maximum": 5},
+        },
+        "required": ["sentiment", "product_issue", "severity"],
+    },
+    body={"max_tokens": 60, "temperature": 0},
+)
+"""The second pipeline: typed fields extracted from each review (structured answers)."""
 
 SUBMIT_JOB_NAME = "reviews_submit_job"
 
@@ -125,11 +151,14 @@ class ReviewsPipeline:
         defs: the code location's ``dg.Definitions`` (with the ``together`` resource).
         batches: what :func:`build_together_batch_defs` built (submit, results, sensor, layout).
         submit_job: ``reviews_submit_job``: materialises ``reviews`` and ``reviews_batches``.
+        facts: ``review_facts_results``: sentiment, product issue and severity as typed
+            columns, submitted and waited for in one run.
     """
 
     defs: dg.Definitions
     batches: TogetherBatchDefs
     submit_job: Any  # dg.define_asset_job's return type is not exported by Dagster
+    facts: TogetherBatchDefs | None = None
 
 
 def build_pipeline(
@@ -153,6 +182,15 @@ def build_pipeline(
             default_status=dg.DefaultSensorStatus.RUNNING,
         ),
     )
+    facts = build_together_batch_defs(
+        name="review_facts",
+        prompts=reviews,
+        storage=BatchStorageLayout(join(output_url, "facts"), storage_options),
+        template=FACTS_TEMPLATE,
+        id_column="review_id",
+        translator=ReviewsTranslator(),
+        watch=WaitOptions(),  # one run submits, waits and joins: no sensor needed
+    )
     submit_job = dg.define_asset_job(
         SUBMIT_JOB_NAME,
         selection=dg.AssetSelection.assets(reviews, batches.submit_asset),
@@ -169,6 +207,7 @@ def build_pipeline(
     )
     defs = dg.Definitions.merge(
         batches.defs,
+        facts.defs,
         dg.Definitions(
             assets=[reviews, sentiment_counts],
             jobs=[submit_job],
@@ -176,7 +215,7 @@ def build_pipeline(
             resources={"together": together},
         ),
     )
-    return ReviewsPipeline(defs=defs, batches=batches, submit_job=submit_job)
+    return ReviewsPipeline(defs=defs, batches=batches, submit_job=submit_job, facts=facts)
 
 
 def together_from_env(environ: Mapping[str, str] = os.environ) -> TogetherResource:

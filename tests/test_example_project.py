@@ -71,6 +71,7 @@ def test_definitions_load_against_the_configured_api(
         "reviews_results",
         "reviews_final",
         "sentiment_counts",
+        "review_facts_results",
     }
     sensor = defs.resolve_sensor_def("reviews_batch_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
@@ -142,7 +143,9 @@ def test_demo_end_to_end_through_the_sensor_and_again(
     assert again.n_rows == N_REVIEWS and again.counts == {"succeeded": N_REVIEWS}
     assert f"0 request(s) sent, {N_REVIEWS} answered from the answer store" in out.getvalue()
     created = [r for r in emulator.requests if (r.method, r.path) == ("POST", "/v1/batches")]
-    assert len(created) == 1
+    assert len(created) == 2  # one per pipeline, on the first run only
+    # The second pipeline's typed fields, printed with their Python types (cached this time).
+    assert "severity=" in out.getvalue() and "(int)" in out.getvalue()
 
 
 ENSURE_SCRIPT = """
