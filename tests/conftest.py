@@ -38,8 +38,26 @@ def slow_emu(api_key: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def instance() -> Iterator[Any]:
-    """A throwaway Dagster instance (``dg.instance_for_test``)."""
+def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A throwaway Dagster instance of its own: runs and events in memory, artifacts (the IO
+    manager's outputs) in a fresh directory.
+
+    The run and event storage are Dagster's SQL storage on an in-memory SQLite database: the
+    queries the sensor and the assets make are the ones a persistent instance answers, minus
+    the per-run database files that make ``dg.instance_for_test`` cost ~0.4 s per instance and
+    ~0.1 s per run. A test that needs the instance's files on disk (the event log, run storage,
+    compute logs) uses ``disk_instance``.
+    """
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral(tempdir=str(tmp_path_factory.mktemp("instance"))) as inst:
+        yield inst
+
+
+@pytest.fixture
+def disk_instance() -> Iterator[Any]:
+    """A throwaway persistent Dagster instance (``dg.instance_for_test``): SQLite files, compute
+    logs and artifacts under ``instance.root_directory``, which is ``DAGSTER_HOME`` meanwhile."""
     import dagster as dg
 
     with dg.instance_for_test() as inst:
