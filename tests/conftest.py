@@ -24,7 +24,7 @@ def emulator() -> Iterator[Any]:
     """A fresh emulator with a fast clock: jobs finish in well under a second."""
     from dagster_together.emulator import Emulator
 
-    with Emulator(api_key=TEST_API_KEY, validate_seconds=0.05, run_seconds=0.3) as emu:
+    with Emulator(api_key=TEST_API_KEY, validate_seconds=0.02, run_seconds=0.1) as emu:
         yield emu
 
 

@@ -30,14 +30,14 @@ from dagster_together.emulator import Emulator
 from tests.helpers import content_calls, random_jsonl, sha256_hex, write_requests
 
 MiB = 1024 * 1024
-RETRY_AFTER = 0.3  # seconds the server asks for; the client's own backoff is 1000x shorter
+RETRY_AFTER = 0.1  # seconds the server asks for; the client's own backoff is 1000x shorter
 
 
 def _fast_client(emu: Emulator, api_key: str, **kwargs: Any) -> TogetherClient:
     kwargs.setdefault("timeout", 5)
     kwargs.setdefault("max_retries", 2)
-    kwargs.setdefault("backoff_base", 0.0003)
-    kwargs.setdefault("backoff_max", 0.0003)
+    kwargs.setdefault("backoff_base", 0.0001)
+    kwargs.setdefault("backoff_max", 0.0001)
     return TogetherClient(api_key, emu.base_url, **kwargs)
 
 
