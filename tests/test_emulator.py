@@ -145,7 +145,7 @@ def lines(api: Http, file_id: str | None) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
-    with Emulator(api_key=KEY, validate_seconds=0.05, run_seconds=0.3, fail_pattern=r"-fail$") as e:
+    with Emulator(api_key=KEY, validate_seconds=0.02, run_seconds=0.1, fail_pattern=r"-fail$") as e:
         yield e
 
 
@@ -411,6 +411,7 @@ def test_max_tokens_cuts_the_answer_with_finish_reason_length(emu: Emulator, api
     assert by_id["roomy"]["choices"][0] == free  # a limit it stays under changes nothing
 
 
+@pytest.mark.slow  # a `python -m` child
 def test_command_line_help_is_plain_text_and_explains_every_option() -> None:
     from dagster_together.emulator.__main__ import build_parser
 
@@ -684,6 +685,7 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
+@pytest.mark.slow  # a `python -m` child serving for real
 def test_python_m_emulator_serves_and_streams_uploads_with_flat_memory(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
