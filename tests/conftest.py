@@ -19,6 +19,27 @@ def api_key() -> str:
     return TEST_API_KEY
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _emulator_stops_promptly() -> Iterator[None]:
+    """The in-process emulator's serve loop polls every 5 ms instead of 50 ms.
+
+    ``Emulator.stop()`` waits for the loop to see the shutdown request, i.e. up to one poll;
+    a run creates a few hundred emulators (one per test, plus restarts in the outage tests), so
+    50 ms each is seconds of waiting. Only the stop latency changes: requests are served the
+    moment they arrive either way.
+    """
+    from socketserver import BaseServer
+
+    from dagster_together.emulator.handler import EmulatorHTTPServer
+
+    def serve_forever(self: EmulatorHTTPServer, poll_interval: float = 0.5) -> None:
+        BaseServer.serve_forever(self, poll_interval=min(poll_interval, 0.005))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EmulatorHTTPServer, "serve_forever", serve_forever)
+        yield
+
+
 @pytest.fixture
 def emulator() -> Iterator[Any]:
     """A fresh emulator with a fast clock: jobs finish in well under a second."""
