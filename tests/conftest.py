@@ -42,10 +42,13 @@ def _emulator_stops_promptly() -> Iterator[None]:
 
 @pytest.fixture
 def emulator() -> Iterator[Any]:
-    """A fresh emulator with a fast clock: jobs finish in well under a second."""
+    """A fresh emulator with a fast clock: jobs finish in well under a second (a cancelled one
+    answers CANCELING for 0.1 s, then CANCELLED)."""
     from dagster_together.emulator import Emulator
 
-    with Emulator(api_key=TEST_API_KEY, validate_seconds=0.02, run_seconds=0.1) as emu:
+    with Emulator(
+        api_key=TEST_API_KEY, validate_seconds=0.02, run_seconds=0.1, cancel_seconds=0.1
+    ) as emu:
         yield emu
 
 
