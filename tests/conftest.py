@@ -40,6 +40,32 @@ def _emulator_stops_promptly() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _alembic_scripts_parsed_once() -> Iterator[None]:
+    """Alembic's parsed migration scripts, kept per script location for the session.
+
+    Every Dagster SQL storage stamps its schema with alembic when it is created: each
+    ``instance`` fixture and each ``dg.materialize`` without an instance (an ephemeral one).
+    Alembic re-reads and compiles every migration script each time (~45 ms per instance); the
+    scripts do not change during a run, so one parse per location serves them all.
+    """
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    original = ScriptDirectory.from_config
+    parsed: dict[str | None, ScriptDirectory] = {}
+
+    def from_config(config: Config) -> ScriptDirectory:
+        location = config.get_main_option("script_location")
+        if location not in parsed:
+            parsed[location] = original(config)
+        return parsed[location]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ScriptDirectory, "from_config", from_config)
+        yield
+
+
 @pytest.fixture
 def emulator() -> Iterator[Any]:
     """A fresh emulator with a fast clock: jobs finish in well under a second (a cancelled one
