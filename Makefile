@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Re-install when the project's dependencies change.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format typecheck demo dev emulator bench clean
+.PHONY: install test test-fast lint format typecheck demo dev emulator bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ test: $(STAMP)
 	$(BIN)/ruff check dagster_together tests example_project bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# The fast layer: every test but those marked `slow` (real processes, multi-second scenarios).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check dagster_together tests example_project bench

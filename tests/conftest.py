@@ -19,12 +19,62 @@ def api_key() -> str:
     return TEST_API_KEY
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _emulator_stops_promptly() -> Iterator[None]:
+    """The in-process emulator's serve loop polls every 5 ms instead of 50 ms.
+
+    ``Emulator.stop()`` waits for the loop to see the shutdown request, i.e. up to one poll;
+    a run creates a few hundred emulators (one per test, plus restarts in the outage tests), so
+    50 ms each is seconds of waiting. Only the stop latency changes: requests are served the
+    moment they arrive either way.
+    """
+    from socketserver import BaseServer
+
+    from dagster_together.emulator.handler import EmulatorHTTPServer
+
+    def serve_forever(self: EmulatorHTTPServer, poll_interval: float = 0.5) -> None:
+        BaseServer.serve_forever(self, poll_interval=min(poll_interval, 0.005))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EmulatorHTTPServer, "serve_forever", serve_forever)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _alembic_scripts_parsed_once() -> Iterator[None]:
+    """Alembic's parsed migration scripts, kept per script location for the session.
+
+    Every Dagster SQL storage stamps its schema with alembic when it is created: each
+    ``instance`` fixture and each ``dg.materialize`` without an instance (an ephemeral one).
+    Alembic re-reads and compiles every migration script each time (~45 ms per instance); the
+    scripts do not change during a run, so one parse per location serves them all.
+    """
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    original = ScriptDirectory.from_config
+    parsed: dict[str | None, ScriptDirectory] = {}
+
+    def from_config(config: Config) -> ScriptDirectory:
+        location = config.get_main_option("script_location")
+        if location not in parsed:
+            parsed[location] = original(config)
+        return parsed[location]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ScriptDirectory, "from_config", from_config)
+        yield
+
+
 @pytest.fixture
 def emulator() -> Iterator[Any]:
-    """A fresh emulator with a fast clock: jobs finish in well under a second."""
+    """A fresh emulator with a fast clock: jobs finish in well under a second (a cancelled one
+    answers CANCELING for 0.1 s, then CANCELLED)."""
     from dagster_together.emulator import Emulator
 
-    with Emulator(api_key=TEST_API_KEY, validate_seconds=0.05, run_seconds=0.3) as emu:
+    with Emulator(
+        api_key=TEST_API_KEY, validate_seconds=0.02, run_seconds=0.1, cancel_seconds=0.1
+    ) as emu:
         yield emu
 
 
@@ -38,8 +88,26 @@ def slow_emu(api_key: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def instance() -> Iterator[Any]:
-    """A throwaway Dagster instance (``dg.instance_for_test``)."""
+def instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A throwaway Dagster instance of its own: runs and events in memory, artifacts (the IO
+    manager's outputs) in a fresh directory.
+
+    The run and event storage are Dagster's SQL storage on an in-memory SQLite database: the
+    queries the sensor and the assets make are the ones a persistent instance answers, minus
+    the per-run database files that make ``dg.instance_for_test`` cost ~0.4 s per instance and
+    ~0.1 s per run. A test that needs the instance's files on disk (the event log, run storage,
+    compute logs) uses ``disk_instance``.
+    """
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral(tempdir=str(tmp_path_factory.mktemp("instance"))) as inst:
+        yield inst
+
+
+@pytest.fixture
+def disk_instance() -> Iterator[Any]:
+    """A throwaway persistent Dagster instance (``dg.instance_for_test``): SQLite files, compute
+    logs and artifacts under ``instance.root_directory``, which is ``DAGSTER_HOME`` meanwhile."""
     import dagster as dg
 
     with dg.instance_for_test() as inst:
@@ -89,8 +157,11 @@ def s3_server() -> Iterator[S3Server]:
                 "key": "testing",
                 "secret": "testing",
                 "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-                # A fresh s3fs instance per call keeps tests from seeing each other's cached listings.
-                "skip_instance_cache": True,
+                # No listings cache: no test sees another's (or its own) stale listing. s3fs
+                # instances are still shared between calls with these same options, as in a
+                # user's process: a fresh one per call (skip_instance_cache) builds a new
+                # botocore client each time, ~0.1 s per S3 operation.
+                "use_listings_cache": False,
             },
         )
     finally:

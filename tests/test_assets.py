@@ -432,8 +432,9 @@ def test_prebuilt_requests_table_without_template(
 
 
 def test_api_key_never_written_anywhere(
-    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+    emulator: Any, api_key: str, tmp_path: Path, disk_instance: dg.DagsterInstance
 ) -> None:
+    instance = disk_instance  # the event log, run storage and compute logs are files
     prompts = make_prompts_asset(reviews_table(3))
     store = tmp_path / "store"
     bundle = build(str(store), prompts)

@@ -17,6 +17,7 @@ from dagster_together.client import (
     TogetherClient,
     TogetherError,
 )
+from dagster_together.client import batches as batches_module
 from tests.helpers import fast_client, write_requests
 
 # The README's plain-Python flow, exactly as a user pastes it.
@@ -35,6 +36,9 @@ def test_readme_flow_runs_as_pasted(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TOGETHER_API_KEY", api_key)
     monkeypatch.setenv("TOGETHER_BASE_URL", emulator.base_url)
+    # wait()'s default first pause is 1 s, for a batch that takes 0.12 s here; only the pause
+    # shrinks, the pasted code is unchanged.
+    monkeypatch.setattr(batches_module, "_FIRST_POLL", 0.05)
     write_requests(tmp_path / "requests.jsonl", 4, prompt="What is {i}?")
     scope: dict[str, Any] = {"TogetherClient": TogetherClient}
     exec(README_FLOW, scope)

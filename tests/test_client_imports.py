@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import dagster_together.client
 from tests.helpers import modules_added_by_import
 
@@ -27,6 +29,7 @@ def test_client_source_never_imports_dagster_or_pyarrow() -> None:
     assert offenders == []
 
 
+@pytest.mark.slow  # a fresh interpreter importing the package
 def test_importing_the_client_loads_nothing_heavy() -> None:
     # Measured against `import dagster_together`, whatever the package itself imports.
     added = modules_added_by_import("dagster_together", "dagster_together.client")

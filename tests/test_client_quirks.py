@@ -47,7 +47,7 @@ def make_client(api_key: str) -> Iterator[Any]:
 
 def _emu(api_key: str, **options: Any) -> Emulator:
     """An emulator with a fast clock; ``options`` override it and set the quirk switches."""
-    return Emulator(**{"api_key": api_key, "validate_seconds": 0.0, "run_seconds": 0.2, **options})
+    return Emulator(**{"api_key": api_key, "validate_seconds": 0.0, "run_seconds": 0.1, **options})
 
 
 def test_default_host_is_api_together_ai_and_xyz_still_works(
@@ -244,14 +244,14 @@ def test_every_batch_endpoint_is_accepted(
 
 
 def test_wait_logs_each_change_once(api_key: str, make_client: Any, tmp_path: Path, caplog) -> None:
-    with _emu(api_key, validate_seconds=0.1, run_seconds=0.3) as emu:
+    with _emu(api_key, validate_seconds=0.05, run_seconds=0.15) as emu:
         client = make_client(emu)
         job = client.batches.create_batch(
             client.files.upload(write_requests(tmp_path / "in.jsonl", 2), check=False).id
         )
         polls: list[Any] = []
         with caplog.at_level(logging.INFO, logger="dagster_together.client"):
-            done = client.batches.wait(job.id, poll_interval=0.02, on_poll=polls.append)
+            done = client.batches.wait(job.id, poll_interval=0.01, on_poll=polls.append)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Batch ")]
     assert done.status is BatchStatus.COMPLETED and polls[-1] == done
     assert len(polls) > len(lines) >= 2  # many polls, a line only when something changed

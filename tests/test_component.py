@@ -255,6 +255,7 @@ def _messages(error: BaseException | None) -> str:
     return "\n".join(texts)
 
 
+@pytest.mark.slow  # a fresh interpreter importing dagster
 def test_component_import_loads_nothing_heavy() -> None:
     added = modules_added_by_import("dagster", "dagster_together.components")
     heavy = ("httpx", "pyarrow", "fsspec", "s3fs", "botocore", "pandas")

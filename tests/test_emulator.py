@@ -145,7 +145,7 @@ def lines(api: Http, file_id: str | None) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
-    with Emulator(api_key=KEY, validate_seconds=0.05, run_seconds=0.3, fail_pattern=r"-fail$") as e:
+    with Emulator(api_key=KEY, validate_seconds=0.02, run_seconds=0.1, fail_pattern=r"-fail$") as e:
         yield e
 
 
@@ -411,6 +411,7 @@ def test_max_tokens_cuts_the_answer_with_finish_reason_length(emu: Emulator, api
     assert by_id["roomy"]["choices"][0] == free  # a limit it stays under changes nothing
 
 
+@pytest.mark.slow  # a `python -m` child
 def test_command_line_help_is_plain_text_and_explains_every_option() -> None:
     from dagster_together.emulator.__main__ import build_parser
 
@@ -466,11 +467,11 @@ def test_malformed_input_fails_in_validation(
 
 
 def test_cancel_keeps_the_done_fraction() -> None:
-    with Emulator(api_key=KEY, validate_seconds=0.0, run_seconds=1.0, cancel_seconds=0) as slow:
+    with Emulator(api_key=KEY, validate_seconds=0.0, run_seconds=0.5, cancel_seconds=0) as slow:
         h = Http(slow.port)
         n = 200
         job = create_batch(h, slow, [chat(c, "hi") for c in ids(n)])
-        time.sleep(0.4)
+        time.sleep(0.2)
         cancelled = h("POST", f"/v1/batches/{job['id']}/cancel")
         assert cancelled.status == 200
         body = cancelled.json()
@@ -504,7 +505,7 @@ def test_set_batch_status_expired_with_done_fraction(emu: Emulator, api: Http) -
     first = ids(n)[:30]
     assert {o["custom_id"] for o in out} == {c for c in first if not c.endswith("-fail")}
     assert {e["custom_id"] for e in err} == {"r007-fail", "r017-fail", "r027-fail"}
-    time.sleep(0.5)  # the clock no longer moves a terminal job
+    time.sleep(0.2)  # the clock no longer moves a terminal job (its whole run: 0.12 s)
     assert api("GET", f"/v1/batches/{job['id']}").json()["status"] == "EXPIRED"
 
     failed = emu.set_batch_status(job["id"], "FAILED")
@@ -684,6 +685,7 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
+@pytest.mark.slow  # a `python -m` child serving for real
 def test_python_m_emulator_serves_and_streams_uploads_with_flat_memory(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(

@@ -34,7 +34,13 @@ N = 12
 
 @pytest.fixture
 def emu():
-    with Emulator(api_key="k", validate_seconds=0.05, run_seconds=0.2, fail_pattern=r"-fail$") as e:
+    with Emulator(
+        api_key="k",
+        validate_seconds=0.05,
+        run_seconds=0.2,
+        cancel_seconds=0.15,
+        fail_pattern=r"-fail$",
+    ) as e:
         yield e
 
 

@@ -32,12 +32,17 @@ import boto3
 import dagster as dg
 import fsspec
 import pyarrow as pa
+import pytest
 
 from dagster_together import TogetherResource, build_together_batch_defs
 from dagster_together.client import TogetherClient
 from dagster_together.requests import RequestTemplate
 from dagster_together.storage import BatchStorageLayout
 from tests.helpers import random_jsonl
+
+# Each test starts a child Python that imports the package (dagster for the submit test) and
+# SIGKILLs it at a chosen moment: real processes, seconds each. `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
 DEADLINE = 60.0  # seconds for a child to reach the kill point (imports included)

@@ -30,14 +30,14 @@ from dagster_together.emulator import Emulator
 from tests.helpers import content_calls, random_jsonl, sha256_hex, write_requests
 
 MiB = 1024 * 1024
-RETRY_AFTER = 0.3  # seconds the server asks for; the client's own backoff is 1000x shorter
+RETRY_AFTER = 0.1  # seconds the server asks for; the client's own backoff is 1000x shorter
 
 
 def _fast_client(emu: Emulator, api_key: str, **kwargs: Any) -> TogetherClient:
     kwargs.setdefault("timeout", 5)
     kwargs.setdefault("max_retries", 2)
-    kwargs.setdefault("backoff_base", 0.0003)
-    kwargs.setdefault("backoff_max", 0.0003)
+    kwargs.setdefault("backoff_base", 0.0001)
+    kwargs.setdefault("backoff_max", 0.0001)
     return TogetherClient(api_key, emu.base_url, **kwargs)
 
 
@@ -160,16 +160,16 @@ def test_download_waits_out_connection_refused_before_the_body(
     data = random_jsonl(3 * MiB + 11)
     file_id = emulator.add_file(data)
     with TogetherClient(
-        api_key, emulator.base_url, max_retries=10, backoff_base=0.1, backoff_max=0.2
+        api_key, emulator.base_url, max_retries=10, backoff_base=0.04, backoff_max=0.08
     ) as client:
         client.files.list()  # a pooled keep-alive connection that the outage cuts
         emulator.stop()
-        restart = threading.Timer(0.6, emulator.start)
+        restart = threading.Timer(0.25, emulator.start)
         restart.start()
         try:
             started = time.monotonic()
             result = client.files.retrieve_content(file_id, output=tmp_path / "out.jsonl")
-            assert time.monotonic() - started >= 0.5
+            assert time.monotonic() - started >= 0.2
         finally:
             restart.join()
     assert result.size == len(data)
@@ -188,14 +188,14 @@ def test_download_resumes_after_connection_refused_mid_body(
     caplog.set_level(logging.WARNING, logger="dagster_together.client")
     restarts: list[threading.Timer] = []
     with TogetherClient(
-        api_key, emulator.base_url, max_retries=10, backoff_base=0.05, backoff_max=0.2
+        api_key, emulator.base_url, max_retries=10, backoff_base=0.02, backoff_max=0.08
     ) as client:
         real_sleep = client.transport._sleep  # the transport's documented seam for tests
 
         def outage_on_first_retry(seconds: float) -> None:
-            if not restarts:  # the body was just cut: now the API goes down for 0.6 s
+            if not restarts:  # the body was just cut: now the API goes down for 0.25 s
                 emulator.stop()
-                restarts.append(threading.Timer(0.6, emulator.start))
+                restarts.append(threading.Timer(0.25, emulator.start))
                 restarts[0].start()
             real_sleep(seconds)
 

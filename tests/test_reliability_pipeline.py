@@ -121,6 +121,8 @@ def test_connection_refused_for_a_moment_inside_a_tick_is_absorbed(
     assert {k: r.tags[BATCH_STATUS_TAG] for k, r in requested.items()} == {batch_id: "COMPLETED"}
 
 
+# Four failing ticks, each spending the sensor's real retry backoff: seconds.
+@pytest.mark.slow
 def test_api_down_for_several_ticks_each_finished_batch_gets_exactly_one_run(
     slow_emu: Emulator, api_key: str, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:

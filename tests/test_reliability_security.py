@@ -63,6 +63,8 @@ def _step_failure_text(result: dg.ExecuteInProcessResult) -> str:
 # ---------------------------------------------------------------------------------------------
 # The whole pipeline, with failures, then grep everything for the key and the signature
 # ---------------------------------------------------------------------------------------------
+# The whole pipeline through a dozen faults, each waited out for real (Retry-After, backoff): seconds.
+@pytest.mark.slow
 def test_no_key_and_no_presigned_url_anywhere_after_a_faulty_pipeline(
     api_key: str,
     tmp_path: Path,

@@ -98,6 +98,7 @@ def test_missing_key_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
         TogetherResource().get_client()
 
 
+@pytest.mark.slow  # a fresh interpreter importing dagster
 def test_importing_the_dagster_modules_stays_light() -> None:
     """Loading a code location must not pay for httpx, pyarrow, fsspec or s3fs."""
     code = (
