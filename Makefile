@@ -2,18 +2,29 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Re-install when the project's dependencies change.
+# Re-install when the project's dependencies change. The demo needs only the library itself;
+# tests, benchmarks and the UI need the extras (a larger environment, built once).
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install test test-fast lint format typecheck demo dev emulator bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "Setting up $(VENV): dagster-together with its test, benchmark and UI extras (once; a few minutes)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	@echo "Setting up $(VENV): dagster-together and what it needs to run (once; about a minute)..."
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+	@echo "Ready."
 
 test: $(STAMP)
 	$(BIN)/ruff check dagster_together tests example_project bench
@@ -36,14 +47,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The example pipeline end to end on the embedded defaults: the local emulator and local files.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m example_project.demo
 
 # The Dagster UI on the example project (`dg dev`), with the emulator running.
 dev: $(STAMP)
 	$(BIN)/python -m example_project.dev
 
-emulator: $(STAMP)
+emulator: $(DEMO_STAMP)
 	$(BIN)/python -m dagster_together.emulator --port 8765
 
 bench: $(STAMP)
