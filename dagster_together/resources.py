@@ -9,6 +9,7 @@ first asked for, so that loading a code location stays as fast as ``import dagst
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -207,7 +208,7 @@ class TogetherResource(dg.ConfigurableResource):
                 resubmit=resubmit,
                 submission_id=context.run_id,
                 file_prefix=_asset_name(context),
-                on_batch=lambda batch_id: context.instance.add_dynamic_partitions(name, [batch_id]),
+                on_batch=_partition_adder(context, partitions_def),
             )
             if submission.n_rows and not submission.batches:
                 # Answered whole by the answer store: the final table is ready now.
@@ -252,10 +253,7 @@ class TogetherResource(dg.ConfigurableResource):
         layout = _layout(storage)
         client = self.get_client()
         batch_id = batch_id or context.partition_key
-        register = None
-        if partitions_def is not None and partitions_def.name:
-            name = partitions_def.name
-            register = lambda new_id: context.instance.add_dynamic_partitions(name, [new_id])  # noqa: E731
+        register = _partition_adder(context, partitions_def)
         with failures_for_humans(f"Collecting batch {batch_id}", storage_url=layout.storage_url):
             job, summary = collect_batch(context, client, batch_id, layout)
             record, follow_ups = store_answers_and_follow_up(
@@ -400,6 +398,20 @@ def _layout(storage: str | BatchStorageLayout) -> BatchStorageLayout:
 
 def _asset_name(context: dg.AssetExecutionContext) -> str:
     return context.asset_key.path[-1]
+
+
+def _partition_adder(
+    context: dg.AssetExecutionContext, partitions_def: dg.DynamicPartitionsDefinition | None
+) -> Callable[[str], None] | None:
+    """What registers a new batch id as a partition of ``partitions_def`` (None without one)."""
+    name = partitions_def.name if partitions_def is not None else None
+    if not name:
+        return None
+
+    def add(batch_id: str) -> None:
+        context.instance.add_dynamic_partitions(name, [batch_id])
+
+    return add
 
 
 def _declared(
