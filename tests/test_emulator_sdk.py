@@ -37,7 +37,8 @@ def emu():
     with Emulator(
         api_key="k",
         validate_seconds=0.05,
-        run_seconds=0.2,
+        # Long enough that a poll every 50 ms sees IN_PROGRESS even on a busy machine.
+        run_seconds=0.6,
         cancel_seconds=0.15,
         fail_pattern=r"-fail$",
     ) as e:
