@@ -201,3 +201,40 @@ def test_crash_between_follow_up_create_and_record_makes_no_second_follow_up(
     assert len(emulator.batches()) == 2
     posts = [r for r in emulator.requests if (r.method, r.path) == ("POST", "/v1/batches")]
     assert len(posts) == 2
+
+
+def test_the_answer_store_on_s3_answers_a_second_submission(
+    emulator: Any,
+    api_key: str,
+    instance: dg.DagsterInstance,
+    s3_server: Any,
+    s3_bucket: str,
+) -> None:
+    from dagster_together import BatchStorageLayout
+
+    @dg.asset(name="prompts")
+    def prompts() -> pa.Table:
+        return pa.table({"id": ["a", "b", "c"], "text": ["one", "two", "three"]})
+
+    layout = BatchStorageLayout(f"{s3_bucket}/together", s3_server.storage_options)
+    bundle = build_together_batch_defs(
+        name="docs",
+        prompts=prompts,
+        storage=layout,
+        template=TEMPLATE,
+        id_column="id",
+        watch=WaitOptions(poll_interval=0.05),
+    )
+    res = {"together": TogetherResource(api_key=api_key, base_url=emulator.base_url)}
+    first = dg.materialize([prompts, bundle.results_asset], instance=instance, resources=res)
+    second = dg.materialize([prompts, bundle.results_asset], instance=instance, resources=res)
+    assert first.success and second.success
+    assert len(_received_lines(emulator)) == 3  # the second run sent nothing
+    [mat] = second.asset_materializations_for_node("docs_results")
+    assert mat.metadata["together/n_cached"].value == 3
+    uri = str(mat.metadata["dagster/uri"].value)
+    assert uri.startswith(f"{s3_bucket}/together/final/submission=")
+    fs, path = layout.filesystem(uri)
+    with fs.open(path, "rb") as handle:
+        final = pq.read_table(handle)
+    assert final["cached"].to_pylist() == [True, True, True]

@@ -208,6 +208,12 @@ def test_submit_then_results_end_to_end(
 
     # One row per input, joined to the user's own columns, with a status each.
     assert sorted(r["custom_id"] for r in rows) == [str(i) for i in range(100, 105)]
+    # The results of every batch read as one hive-partitioned table, as DuckDB or Spark read it.
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(layout.results_url, format="parquet", partitioning="hive").to_table()
+    assert sorted(dataset["custom_id"].to_pylist()) == [str(i) for i in range(100, 105)]
+    assert set(dataset["batch_id"].to_pylist()) == set(ids)
     by_id = {r["custom_id"]: r for r in rows}
     assert by_id["103"]["status"] == "failed" and by_id["103"]["error"]
     assert all(by_id[i]["status"] == "succeeded" for i in ("100", "101", "102", "104"))
