@@ -313,3 +313,66 @@ def test_yaml_templates_over_columns_with_an_output_schema(sandbox: DefsFolderSa
             "error_rate",
             "invalid_output_rate",
         }
+
+
+AUDIO_PY = """
+import dagster as dg
+import pyarrow as pa
+
+
+@dg.asset
+def calls() -> pa.Table:
+    return pa.table(
+        {
+            "call_id": ["c1", "c2"],
+            "url": ["https://example.invalid/a.mp3", "https://example.invalid/b.mp3"],
+        }
+    )
+"""
+
+
+def test_yaml_audio_batch_runs_end_to_end(
+    sandbox: DefsFolderSandbox,
+    emulator: Any,
+    api_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MY_TOGETHER_KEY", api_key)
+    (sandbox.defs_folder_path / "calls.py").write_text(AUDIO_PY)
+    write_yaml(
+        sandbox,
+        "transcripts",
+        f"""
+        type: {TYPE}
+        attributes:
+          name: transcripts
+          prompts: calls
+          storage_url: {tmp_path / "store"}
+          id_column: call_id
+          audio:
+            model: openai/whisper-large-v3
+            audio_column: url
+            language: en
+          wait: {{poll_interval: 0.05}}
+          resource:
+            api_key: {{env: MY_TOGETHER_KEY}}
+            base_url: {emulator.base_url}
+        """,
+    )
+    with sandbox.build_all_defs() as defs:
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                [defs.resolve_assets_def("calls"), defs.resolve_assets_def("transcripts_results")],
+                instance=instance,
+            )
+            assert result.success
+            [mat] = result.asset_materializations_for_node("transcripts_results")
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(mat.metadata["dagster/uri"].value)
+    assert table["call_id"].to_pylist() == ["c1", "c2"]
+    assert table["status"].to_pylist() == ["succeeded", "succeeded"]
+    assert all(table["content"].to_pylist())  # the transcript's text
+    [batch] = emulator.batches()
+    assert batch["endpoint"] == "/v1/audio/transcriptions"

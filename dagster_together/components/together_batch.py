@@ -6,6 +6,7 @@ overridable ``execute_*`` methods.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import dagster as dg
@@ -27,9 +28,10 @@ from dagster_together.storage import BatchStorageLayout
 from dagster_together.translator import DagsterTogetherTranslator, TogetherBatchProps
 
 if TYPE_CHECKING:
-    from dagster_together.requests import RequestTemplate
+    from dagster_together.requests import AudioTemplate, RequestTemplate
 
 __all__ = [
+    "AudioModel",
     "BatchingModel",
     "CostModel",
     "PriceModel",
@@ -102,6 +104,22 @@ class RequestTemplateModel(dg.Model):
         default_factory=dict,
         description="Extra body fields for every request, e.g. max_tokens, temperature.",
     )
+
+
+class AudioModel(dg.Model):
+    """An audio batch: one transcription (or translation) per row's audio URL."""
+
+    model: str = Field(description="The speech model, e.g. openai/whisper-large-v3.")
+    audio_column: str = Field(description="The column of audio URLs (public http(s)).")
+    language: str | None = Field(default=None, description="ISO 639-1 code for every row.")
+    language_column: str | None = Field(
+        default=None, description="A column giving each row's language instead."
+    )
+    prompt: str | None = Field(default=None, description="Text to bias decoding.")
+    response_format: str | None = Field(
+        default=None, description="json, or verbose_json for language and duration."
+    )
+    body: dict[str, Any] = Field(default_factory=dict, description="Other body fields.")
 
 
 class BatchingModel(dg.Resolvable, dg.Model):
@@ -200,6 +218,14 @@ def _resolve_template(
     return RequestTemplateModel.model_validate(context.resolve_value(model.model_dump()))
 
 
+def _resolve_audio(context: dg.ResolutionContext, model: AudioModel | None) -> AudioModel | None:
+    """The audio settings with their ``{{ ... }}`` values rendered (a ``model`` field, as in
+    the template, keeps them from being a Resolvable)."""
+    if model is None:
+        return None
+    return AudioModel.model_validate(context.resolve_value(model.model_dump()))
+
+
 def _resolve_asset_key(context: dg.ResolutionContext, value: str) -> dg.AssetKey:
     return dg.AssetKey.from_user_string(context.resolve_value(value, as_type=str))
 
@@ -293,6 +319,15 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             _resolve_template,
             model_field_type=RequestTemplateModel | None,
             description="Builds each request body from a column of the table.",
+        ),
+    ] = None
+    audio: Annotated[
+        AudioModel | None,
+        dg.Resolver(
+            _resolve_audio,
+            model_field_type=AudioModel | None,
+            description="Instead of template: transcribe (or translate) a column of audio URLs; "
+            "batching.endpoint is /v1/audio/transcriptions unless set to /translations.",
         ),
     ] = None
     id_column: Annotated[
@@ -418,9 +453,16 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
     def _layout(self) -> BatchStorageLayout:
         return BatchStorageLayout(self.storage_url, self.storage_options)
 
-    def _template(self) -> RequestTemplate | None:
-        from dagster_together.requests import RequestTemplate
+    def _template(self) -> RequestTemplate | AudioTemplate | None:
+        from dagster_together.requests import AudioTemplate, RequestTemplate
 
+        if self.audio is not None:
+            if self.template is not None:
+                raise ValueError("Set template or audio, not both.")
+            endpoint = self.batching.endpoint
+            if not endpoint.startswith("/v1/audio/"):
+                endpoint = "/v1/audio/transcriptions"
+            return AudioTemplate(endpoint=endpoint, **self.audio.model_dump())
         if self.template is None:
             return None
         return RequestTemplate(
@@ -436,7 +478,10 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         )
 
     def _batching(self) -> BatchingOptions:
-        return BatchingOptions(**self.batching.model_dump())
+        options = BatchingOptions(**self.batching.model_dump())
+        if self.audio is not None and not (options.endpoint or "").startswith("/v1/audio/"):
+            return replace(options, endpoint="/v1/audio/transcriptions")
+        return options
 
     def _resubmit(self) -> ResubmitOptions:
         model = self.resubmit
