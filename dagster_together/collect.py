@@ -6,6 +6,7 @@ the ``completeness`` and ``error_rate`` check results.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -284,11 +285,9 @@ def results_metadata(
     tokens and dollars per model and in total."""
     summaries = list(summaries)
     n_rows = sum(s.n_rows for s in summaries)
-    counts: dict[str, int] = {}
+    counts = _status_counts(summaries)
     tokens: dict[str, dict[str, int]] = {}
     for s in summaries:
-        for status, n in s.counts.items():
-            counts[status] = counts.get(status, 0) + n
         for model, usage in s.tokens_by_model.items():
             per_model = tokens.setdefault(model, {})
             for name, n in usage.items():
@@ -356,10 +355,7 @@ def check_results(
         if complete
         else "Together's answer files do not match the inputs one to one; see the metadata.",
     )
-    counts: dict[str, int] = {}
-    for _, s in ended:
-        for status, n in s.counts.items():
-            counts[status] = counts.get(status, 0) + n
+    counts = _status_counts(s for _, s in ended)
     return [completeness, *_rate_checks(counts, n_rows, n_inputs, options)]
 
 
@@ -375,6 +371,14 @@ def final_check_results(
         metadata={"n_inputs": n_inputs, "n_rows": final.n_rows},
     )
     return [completeness, *_rate_checks(final.counts, final.n_rows, n_inputs, options)]
+
+
+def _status_counts(tables: Iterable[_Table]) -> dict[str, int]:
+    """Rows per status over several tables."""
+    total: Counter[str] = Counter()
+    for table in tables:
+        total.update(table.counts)
+    return dict(total)
 
 
 def _rate_checks(
