@@ -16,7 +16,8 @@ With :class:`~dagster_together.WaitOptions` one asset, ``{name}_results``, submi
 inside its run instead (no sensor, no daemon needed).
 """
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -316,7 +317,7 @@ def build_together_batch_defs(
 
     if isinstance(watch, WaitOptions):
 
-        @dg.asset(
+        @_quiet_asset(
             **results_arguments,
             ins={"prompts": dg.AssetIn(key=props.prompts_key)},
             partitions_def=submit_partitions_def,
@@ -353,7 +354,7 @@ def build_together_batch_defs(
     def _submit(context: dg.AssetExecutionContext, prompts: Any) -> dg.MaterializeResult:
         return run.execute_submit(context, resource_of(context), prompts, targets)
 
-    @dg.asset(
+    @_quiet_asset(
         **results_arguments,
         # A batch comes from one submit partition, which Dagster cannot know statically: with a
         # partitioned submit, each batch is shown as depending on all of them.
@@ -390,6 +391,19 @@ def build_together_batch_defs(
         final_asset=final_spec,
         resources={final_io_manager_key: results_io_manager(layout, final=True)},
     )
+
+
+def _quiet_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """``dg.asset(**kwargs)`` without the BetaWarning Dagster raises for ``resource_defs``: the
+    results loader travels with the asset by design, and a user should not see that choice of
+    ours as a warning every time the code location loads."""
+
+    def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=dg.BetaWarning)
+            return dg.asset(**kwargs)(fn)
+
+    return decorate
 
 
 def _asset_key_of(value: Any) -> dg.AssetKey:

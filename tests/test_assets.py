@@ -19,6 +19,7 @@ from dagster_together import (
     SensorOptions,
     TogetherBatchDefs,
     TogetherResource,
+    WaitOptions,
     build_together_batch_defs,
 )
 from dagster_together.requests import RequestTemplate
@@ -564,3 +565,15 @@ def test_results_step_retries_a_transient_failure(
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retries) == 1
     assert pq.read_table(bundle.layout.results_parquet(batch_id)).num_rows == 2
+
+
+def test_building_the_pipeline_warns_of_nothing(tmp_path: Path) -> None:
+    """A code location that defines the pipeline loads without a warning of ours."""
+    import warnings
+
+    prompts = make_prompts_asset(reviews_table(1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build(str(tmp_path), prompts)
+        build(str(tmp_path), prompts, watch=WaitOptions())
+    assert [str(w.message) for w in caught] == []

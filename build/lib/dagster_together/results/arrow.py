@@ -1,0 +1,115 @@
+"""Small Arrow helpers that the steps of the join share.
+
+Values are built without pyarrow's conversion of Python objects: that conversion imports pandas
+when it is installed (about 0.2 s), which nothing here needs. The vectorised helpers work on
+lists (their first or last element) and on sorted input positions (the first of each run, and
+the take-indices that place rows at their positions).
+"""
+
+from __future__ import annotations
+
+import array
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+
+def _int64s(values: array.array) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def _range(lo: int, hi: int) -> pa.Array:
+    return _int64s(array.array("q", range(lo, hi)))
+
+
+def _null(typ: pa.DataType) -> pa.Scalar:
+    import pyarrow as pa
+
+    return pa.nulls(1, typ)[0]
+
+
+def _int(value: int) -> pa.Scalar:
+    return _int64s(array.array("q", [value]))[0]
+
+
+def _int32(value: int) -> pa.Scalar:
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(pa.int32(), 1, [None, pa.py_buffer(array.array("i", [value]))])[0]
+
+
+def _str(value: str) -> pa.Scalar:
+    import pyarrow as pa
+
+    data = value.encode()
+    offsets = pa.py_buffer(array.array("i", [0, len(data)]))
+    return pa.StringArray.from_buffers(1, offsets, pa.py_buffer(data))[0]
+
+
+def _bool(value: bool) -> pa.Scalar:
+    return _trues(1)[0] if value else _falses(1)[0]
+
+
+def _falses(n: int) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.is_valid(pa.nulls(n, pa.bool_()))
+
+
+def _trues(n: int) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.is_null(pa.nulls(n, pa.bool_()))
+
+
+def _last_element(lists: Any) -> Any:
+    """The last element of each list, null for a null or empty list."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = pc.coalesce(pc.list_value_length(lists), _int(0))
+    ends = pc.subtract(lists.offsets.slice(1).cast(pa.int64()), _int(1))
+    return lists.values.take(pc.if_else(pc.greater(lengths, _int(0)), ends, _null(pa.int64())))
+
+
+def _first_element(lists: Any) -> Any:
+    """The first element of each list, null for a null or empty list."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = pc.coalesce(pc.list_value_length(lists), _int(0))
+    starts = lists.offsets.slice(0, len(lists)).cast(pa.int64())
+    return lists.values.take(pc.if_else(pc.greater(lengths, _int(0)), starts, _null(pa.int64())))
+
+
+def _first_of_runs(values: Any) -> Any:
+    """True where a sorted array's value differs from the one before (the first of each run)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(values)
+    if n == 0:
+        return pa.nulls(0, pa.bool_())
+    return pa.concat_arrays([_trues(1), pc.not_equal(values.slice(1), values.slice(0, n - 1))])
+
+
+def _scatter(positions: Any, lo: int, hi: int) -> Any:
+    """Take-indices placing the rows at sorted unique ``positions`` into ``range(lo, hi)``.
+
+    Row ``i`` of the answer is the index of the row whose position is ``lo + i``, or null.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(positions) == 0:
+        return pa.nulls(hi - lo, pa.int64())
+    wanted = _range(lo, hi)
+    at = pc.search_sorted(positions, wanted)
+    clipped = pc.min_element_wise(at.cast(pa.int64()), _int(len(positions) - 1))
+    found = pc.equal(positions.take(clipped), wanted)
+    return pc.if_else(found, clipped, _null(pa.int64()))
