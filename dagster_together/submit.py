@@ -9,7 +9,7 @@ caller says what to do with each batch once it exists (``on_batch``).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -153,13 +153,16 @@ def submit_prompts(
         # 1. Build, validate, look up and estimate everything before the first byte goes out.
         try:
             keys = _Keys(endpoint)
-            hits = pa.table(
-                {"key": pa.array([], pa.string()), "batch_id": pa.array([], pa.string())}
-            )
+            paid_by: dict[str, str] = {}  # content key -> the batch that answered it before
+            key_column = None
             if resubmit.use_answer_cache:
                 keys.add_all(requests())
-                hits = AnswerStore(layout).lookup(pa.array(keys.keys, pa.string()))
-            cached_ids = keys.ids_of(hits["key"].to_pylist())
+                key_column = pa.array(keys.keys, pa.string())
+                hits = AnswerStore(layout).lookup(key_column)
+                paid_by = dict(
+                    zip(hits["key"].to_pylist(), hits["batch_id"].to_pylist(), strict=True)
+                )
+            cached_ids = keys.ids_of(paid_by)
 
             def observe(request: Any) -> None:
                 estimate.add(request)
@@ -203,15 +206,16 @@ def submit_prompts(
                 f"under {layout.answers_url}: only {n_rows - len(cached_ids):,} are sent."
             )
         # 2. The submission's rows, in input order, before anything is paid for.
+        submissions = Submissions(layout)
         schema = getattr(template, "schema", None)
         if schema is not None:
-            Submissions(layout).write_schema(submission_id, schema)
-        by_key = dict(zip(hits["key"].to_pylist(), hits["batch_id"].to_pylist(), strict=True))
-        key_column = pa.array(keys.keys, pa.string())
-        Submissions(layout).write_inputs(
+            submissions.write_schema(submission_id, schema)
+        if key_column is None:  # without the cache the keys were taken as the files were written
+            key_column = pa.array(keys.keys, pa.string())
+        submissions.write_inputs(
             submission_id,
             columns.append_column("key", key_column).append_column(
-                "cached_batch_id", pa.array([by_key.get(k) for k in keys.keys], pa.string())
+                "cached_batch_id", pa.array([paid_by.get(k) for k in keys.keys], pa.string())
             ),
         )
         if not chunks:
@@ -220,13 +224,14 @@ def submit_prompts(
         sent = pc.invert(
             pc.is_in(columns["custom_id"], value_set=pa.array(sorted(cached_ids), pa.string()))
         )
-        _check_alignment(chunks, columns.filter(sent))
+        sent_columns = columns.filter(sent)
+        _check_alignment(chunks, sent_columns)
         submission.batches.extend(
             create_batches(
                 context,
                 client,
                 chunks,
-                columns.filter(sent),
+                sent_columns,
                 pa.table({"custom_id": columns["custom_id"], "key": key_column}).filter(sent),
                 layout=layout,
                 endpoint=endpoint,
@@ -346,10 +351,9 @@ class _Keys:
         for request in requests:
             self.add(request)
 
-    def ids_of(self, keys: Sequence[str]) -> set[str]:
+    def ids_of(self, keys: Container[str]) -> set[str]:
         """The ``custom_id`` of the requests with one of ``keys``."""
-        wanted = set(keys)
-        return {i for i, k in zip(self.ids, self.keys, strict=True) if k in wanted}
+        return {i for i, k in zip(self.ids, self.keys, strict=True) if k in keys}
 
 
 def prove_writable(layout: BatchStorageLayout) -> None:
