@@ -109,8 +109,10 @@ def collect_batch(
     client: TogetherClient,
     batch_id: str,
     layout: BatchStorageLayout,
+    record: BatchRecord | None = None,
 ) -> tuple[BatchJob, JoinSummary]:
-    """Download and join one batch that has ended; fails clearly while it is still running."""
+    """Download and join one batch that has ended; fails clearly while it is still running.
+    Answers are parsed with the output schema of ``record``'s submission, if it kept one."""
     from dagster_together.results import join_results
 
     job = client.batches.get_batch(batch_id)
@@ -164,7 +166,9 @@ def collect_batch(
         destination=destination,
         storage_options=options,
         batch_status=str(job.status),
-        output_schema=_schema_of(layout, batch_id),
+        output_schema=(
+            Submissions(layout).schema(record.submission_id) if record is not None else None
+        ),
     )
     context.log.info(
         f"Batch {batch_id} ({job.status}): "
@@ -202,19 +206,19 @@ def store_answers_and_follow_up(
     context: dg.AssetExecutionContext,
     client: TogetherClient,
     job: BatchJob,
+    record: BatchRecord | None,
     layout: BatchStorageLayout,
     resubmit: ResubmitOptions,
     on_batch: Callable[[str], None] | None,
-) -> tuple[BatchRecord | None, list[SubmittedBatch]]:
+) -> list[SubmittedBatch]:
     """After a batch is joined: its answers go to the answer store, and the rows a new try may
-    fix to a follow-up batch. ``(None, [])`` for a batch submitted without a record."""
+    fix to a follow-up batch (returned). Nothing for a batch submitted without a ``record``."""
     import pyarrow.parquet as pq
 
     from dagster_together.submit import follow_up
 
-    record = Submissions(layout).of_batch(job.id)
     if record is None:
-        return None, []
+        return []
     fs, path = layout.filesystem(layout.results_parquet(job.id))
     results = pq.read_table(
         path,
@@ -235,7 +239,7 @@ def store_answers_and_follow_up(
         resubmit=resubmit,
         on_batch=on_batch,
     )
-    return record, follow_ups
+    return follow_ups
 
 
 def report_final(
@@ -269,13 +273,6 @@ def report_final(
             )
         )
     return final
-
-
-def _schema_of(layout: BatchStorageLayout, batch_id: str) -> Any:
-    """The output schema the batch's submission kept (None for none, or no submission)."""
-    submissions = Submissions(layout)
-    record = submissions.of_batch(batch_id)
-    return submissions.schema(record.submission_id) if record is not None else None
 
 
 def results_metadata(

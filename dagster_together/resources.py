@@ -23,6 +23,7 @@ from dagster_together.options import (
     WaitOptions,
 )
 from dagster_together.storage import BatchStorageLayout
+from dagster_together.submissions import Submissions
 
 if TYPE_CHECKING:
     from dagster_together.client import Batches, Files, TogetherClient
@@ -255,9 +256,10 @@ class TogetherResource(dg.ConfigurableResource):
         batch_id = batch_id or context.partition_key
         register = _partition_adder(context, partitions_def)
         with failures_for_humans(f"Collecting batch {batch_id}", storage_url=layout.storage_url):
-            job, summary = collect_batch(context, client, batch_id, layout)
-            record, follow_ups = store_answers_and_follow_up(
-                context, client, job, layout, resubmit, register
+            record = Submissions(layout).of_batch(batch_id)
+            job, summary = collect_batch(context, client, batch_id, layout, record)
+            follow_ups = store_answers_and_follow_up(
+                context, client, job, record, layout, resubmit, register
             )
             if record is not None and not follow_ups:
                 report_final(
@@ -347,6 +349,7 @@ class TogetherResource(dg.ConfigurableResource):
             context.log.warning("The prompts table is empty: no batch was submitted.")
             return dg.MaterializeResult(metadata=metadata)
         pending = [b.batch_id for b in submission.batches]
+        submissions = Submissions(layout)
         while pending:
             try:
                 with failures_for_humans(f"Waiting for {len(pending)} batch(es)"):
@@ -367,9 +370,10 @@ class TogetherResource(dg.ConfigurableResource):
                 with failures_for_humans(
                     f"Collecting batch {job.id}", storage_url=layout.storage_url
                 ):
-                    collect_batch(context, client, job.id, layout)
-                    _, follow_ups = store_answers_and_follow_up(
-                        context, client, job, layout, resubmit, None
+                    record = submissions.of_batch(job.id)
+                    collect_batch(context, client, job.id, layout, record)
+                    follow_ups = store_answers_and_follow_up(
+                        context, client, job, record, layout, resubmit, None
                     )
                 pending += [b.batch_id for b in follow_ups]
         with failures_for_humans("Assembling the final table", storage_url=layout.storage_url):
