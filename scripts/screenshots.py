@@ -501,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason:
         print(reason, file=sys.stderr)
         return 1
+    # `kill <pid>` stops the processes this starts, as Ctrl-C does: the cleanup runs either way.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="dagster-together-ui-"))
     print("Starting the example (emulator, webserver, daemon)...", flush=True)
     try:
