@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install test test-fast lint format typecheck demo dev emulator bench clean
+.PHONY: install test test-fast lint format typecheck demo dev emulator bench screenshots clean
 
 install: $(STAMP)
 
@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	scripts/install-chromium
 	touch $(STAMP) $(DEMO_STAMP)
 
 # pip shows each package as it goes (the first run downloads about 70). setuptools' notice
@@ -61,6 +62,10 @@ emulator: $(DEMO_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Retake docs/images/*.png: the example driven in the Dagster UI in Debian's Chromium.
+screenshots: $(STAMP)
+	$(BIN)/python -m scripts.screenshots
 
 clean:
 	rm -rf $(VENV) .demo .dagster_home bench/out *.egg-info
