@@ -240,10 +240,10 @@ def task_collect_and_read(
         )
     root = bundle.layout.results_url
     with timed() as t_duck:
-        count, distinct, partitions = duckdb.sql(
+        [(count, distinct, partitions)] = duckdb.sql(
             "SELECT count(*), count(DISTINCT custom_id), count(DISTINCT batch_id) FROM "
             f"read_parquet('{root}/**/*.parquet', hive_partitioning = true)"
-        ).fetchone()  # type: ignore[misc]
+        ).fetchall()
     with timed() as t_arrow:
         table = ds.dataset(root, format="parquet", partitioning="hive").to_table(
             columns=["custom_id", "batch_id"]
