@@ -26,7 +26,7 @@ __all__ = ["FIGURES"]
 
 NAME = "scale"  # the pipeline's name: assets scale_batches / scale_results
 MAX_TOKENS = 256
-_VERSION = 1  # bump when the generator changes
+_VERSION = 2  # bump when the generator changes
 _QUESTIONS = (
     "Summarise this customer review in one sentence:",
     "Is the claim below supported? Answer yes or no, then why:",
@@ -74,7 +74,9 @@ def prompts_file(n: int) -> Path:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
+    # Row groups of 100,000 rows, as data writers make them (Spark: 128 MB, polars: 512^2
+    # rows): a reader streaming the file holds one row group at a time.
+    pq.write_table(table, tmp, row_group_size=100_000)
     os.replace(tmp, path)
     return path
 
