@@ -221,10 +221,13 @@ def submit_prompts(
         if not chunks:
             return submission
         _log_estimate(context, submission, cost)
-        sent = pc.invert(
-            pc.is_in(columns["custom_id"], value_set=pa.array(sorted(cached_ids), pa.string()))
-        )
-        sent_columns = columns.filter(sent)
+        keys_table = pa.table({"custom_id": columns["custom_id"], "key": key_column})
+        sent_columns = columns
+        if cached_ids:  # some rows are answered by the store: the batches get the others
+            sent = pc.invert(
+                pc.is_in(columns["custom_id"], value_set=pa.array(sorted(cached_ids), pa.string()))
+            )
+            sent_columns, keys_table = columns.filter(sent), keys_table.filter(sent)
         _check_alignment(chunks, sent_columns)
         submission.batches.extend(
             create_batches(
@@ -232,7 +235,7 @@ def submit_prompts(
                 client,
                 chunks,
                 sent_columns,
-                pa.table({"custom_id": columns["custom_id"], "key": key_column}).filter(sent),
+                keys_table,
                 layout=layout,
                 endpoint=endpoint,
                 completion_window=batching.completion_window,
