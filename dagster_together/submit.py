@@ -375,9 +375,15 @@ class _Keys:
         import pyarrow as pa
 
         self._flush()
-        return pa.concat_arrays(
-            [block[index] for block in self._blocks] or [pa.array([], pa.string())]
-        )
+        if len(self._blocks) != 1:  # one array each from now on: the blocks are let go
+            empty = pa.array([], pa.string())
+            self._blocks = [
+                (
+                    pa.concat_arrays([ids for ids, _ in self._blocks] or [empty]),
+                    pa.concat_arrays([keys for _, keys in self._blocks] or [empty]),
+                )
+            ]
+        return self._blocks[0][index]
 
     def keys(self) -> Any:
         """Every content key, as one pyarrow string array."""
