@@ -76,7 +76,9 @@ class _Buckets:
         rows = rows.drop_columns(["custom_id"]).append_column("idx", idx)
         bucket = pc.divide(idx, _int(self.size))
         order = pc.sort_indices(bucket)  # stable: read order is kept within a bucket
-        rows = rows.take(order).combine_chunks()
+        # One chunk first: take() on several chunks concatenates them inside and is about twice
+        # as slow as the two steps.
+        rows = rows.combine_chunks().take(order)
         bucket = bucket.take(order)
         counts = pc.value_counts(bucket)
         buckets = counts.field("values").to_pylist()
