@@ -143,3 +143,22 @@ def test_most_well_formed_answers_take_the_bulk_path() -> None:
     ]
     accepted, _ = _typed_answers(pa.array(good, pa.string()), schema)
     assert accepted.to_pylist() == [True] * 100
+
+
+def test_tool_calls_text_keeps_nulls_empty_lists_and_calls_apart() -> None:
+    from dagster_together.results.outputs import _tool_calls_text
+
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    rows: list[Any] = [None, [], [call], [], None, [call, call]]
+    typ = pa.list_(
+        pa.struct(
+            [
+                ("id", pa.string()),
+                ("type", pa.string()),
+                ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+            ]
+        )
+    )
+    got = _tool_calls_text(pa.array(rows, typ)).to_pylist()
+    assert got == [None if r is None else json.dumps(r, ensure_ascii=False) for r in rows]
+    assert _tool_calls_text(pa.array([[], None], typ)).to_pylist() == ["[]", None]
