@@ -25,6 +25,7 @@ from dagster_together.results.arrow import (
     _range,
     _scatter,
     _str,
+    _strings,
 )
 from dagster_together.results.blocks import (
     _Block,
@@ -343,9 +344,7 @@ def _tool_calls_text(calls: Any) -> Any:
     some = pc.indices_nonzero(pc.fill_null(pc.greater(pc.list_value_length(calls), 0), False))
     if len(some) == 0:
         return texts
-    dumped = pa.array(
-        [json.dumps(c, ensure_ascii=False) for c in calls.take(some).to_pylist()], pa.string()
-    )
+    dumped = _strings([json.dumps(c, ensure_ascii=False) for c in calls.take(some).to_pylist()])
     # Row i: its dumped text where it has calls, else its "[]" or null.
     n = len(calls)
     at = _scatter(some.cast(pa.int64()), 0, n)

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dagster_together.results.arrow import _bool, _falses, _range, _scatter, _str, _trues
+from dagster_together.results.arrow import (
+    _bool,
+    _falses,
+    _int64s,
+    _range,
+    _scatter,
+    _str,
+    _strings,
+    _trues,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -236,18 +245,37 @@ def _value_ok(node: _Node, values: Any, closed: bool) -> pa.Array:
                 has_bad = pc.is_in(_range(0, n), value_set=bad_rows.cast(pa.int64()))
                 ok = pc.and_(ok, pc.invert(has_bad))
     if node.enum is not None:
-        allowed = pa.array(list(node.enum), values.type) if node.enum else pa.nulls(0, values.type)
-        ok = pc.and_(ok, pc.is_in(values, value_set=allowed))
+        ok = pc.and_(ok, pc.is_in(values, value_set=_enum_values(node, values.type)))
     return ok
+
+
+def _enum_values(node: _Node, typ: pa.DataType) -> pa.Array:
+    """The enum's values as an array of ``typ`` (built from buffers: no pandas import)."""
+    import array
+
+    import pyarrow as pa
+
+    values = list(node.enum or ())
+    if node.kind == "string":
+        return _strings(values)
+    if node.kind == "number":
+        floats = array.array("d", [float(v) for v in values])
+        return pa.Array.from_buffers(pa.float64(), len(floats), [None, pa.py_buffer(floats)])
+    if node.kind == "integer":  # a non-integral float in the enum matches no integer
+        return _int64s(array.array("q", [int(v) for v in values if float(v).is_integer()]))
+    return _int64s(array.array("q", [int(v) for v in values])).cast(pa.bool_())
 
 
 def _scalar(bound: float, typ: pa.DataType) -> pa.Scalar:
     """``bound`` as a scalar to compare ``typ`` values with, exactly as Python compares them."""
+    import array
+
     import pyarrow as pa
 
     if pa.types.is_integer(typ) and float(bound).is_integer():
-        return pa.scalar(int(bound), typ)
-    return pa.scalar(float(bound), pa.float64())
+        return _int64s(array.array("q", [int(bound)]))[0]
+    floats = array.array("d", [float(bound)])
+    return pa.Array.from_buffers(pa.float64(), 1, [None, pa.py_buffer(floats)])[0]
 
 
 def _regex_escape(name: str) -> str:
