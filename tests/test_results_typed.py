@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -162,3 +165,35 @@ def test_tool_calls_text_keeps_nulls_empty_lists_and_calls_apart() -> None:
     got = _tool_calls_text(pa.array(rows, typ)).to_pylist()
     assert got == [None if r is None else json.dumps(r, ensure_ascii=False) for r in rows]
     assert _tool_calls_text(pa.array([[], None], typ)).to_pylist() == ["[]", None]
+
+
+@pytest.mark.slow
+def test_the_schema_join_does_not_import_pandas(tmp_path: Path) -> None:
+    # pyarrow's conversion of Python lists imports pandas when it is installed (~50 MB of
+    # memory); the join builds its arrays without it, with a schema too.
+    inputs, outputs = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    answers = ['{"name": "ab", "n": 3}', '{"name": "a", "n": 3}', "not json", '{"n": 1.5}']
+    with inputs.open("w") as i_file, outputs.open("w") as o_file:
+        for k, answer in enumerate(answers):
+            i_file.write(json.dumps({"custom_id": f"r{k}", "body": {"prompt": "p"}}) + "\n")
+            body = {"choices": [{"message": {"content": answer}}]}
+            o_file.write(json.dumps({"custom_id": f"r{k}", "response": {"body": body}}) + "\n")
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 2, "enum": ["ab", "a"]},
+            "n": {"type": "integer", "maximum": 5},
+        },
+        "required": ["n"],
+    }
+    code = (
+        "import json, sys\n"
+        "from dagster_together.results import join_results\n"
+        f"s = join_results(inputs={str(inputs)!r}, outputs={str(outputs)!r}, "
+        f"destination={str(tmp_path / 'r.parquet')!r}, output_schema={schema!r})\n"
+        "print(json.dumps([s.counts, 'pandas' in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    counts, pandas_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["succeeded"] == 1 and counts["invalid_output"] == 3
+    assert not pandas_loaded

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dagster_together.results.arrow import (
     _bool,
     _falses,
+    _int,
     _int64s,
     _range,
     _scatter,
@@ -34,7 +35,8 @@ _MIN_PIECE = 64  # a refused block is halved down to this many rows, then left t
 
 
 def _typed_answers(contents: pa.Array, schema: OutputSchema) -> tuple[pa.Array, list[pa.Array]]:
-    """``(accepted, fields)``: which answers (a string array, no nulls) this path accepted,
+    """``(accepted, fields)``: which answers (a string array; nulls are never accepted) this
+    path accepted,
     and one array per top-level field of the schema (valid only where accepted)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -210,9 +212,9 @@ def _value_ok(node: _Node, values: Any, closed: bool) -> pa.Array:
         if node.min_length is not None or node.max_length is not None:
             length = pc.utf8_length(values)
             if node.min_length is not None:
-                ok = pc.and_(ok, pc.greater_equal(length, node.min_length))
+                ok = pc.and_(ok, pc.greater_equal(length, _int(node.min_length)))
             if node.max_length is not None:
-                ok = pc.and_(ok, pc.less_equal(length, node.max_length))
+                ok = pc.and_(ok, pc.less_equal(length, _int(node.max_length)))
     elif kind in ("integer", "number"):
         if kind == "number":
             ok = pc.and_(ok, pc.is_finite(values))
@@ -230,9 +232,9 @@ def _value_ok(node: _Node, values: Any, closed: bool) -> pa.Array:
         assert node.items is not None
         length = pc.list_value_length(values)
         if node.min_items is not None:
-            ok = pc.and_(ok, pc.greater_equal(length, node.min_items))
+            ok = pc.and_(ok, pc.greater_equal(length, _int(node.min_items)))
         if node.max_items is not None:
-            ok = pc.and_(ok, pc.less_equal(length, node.max_items))
+            ok = pc.and_(ok, pc.less_equal(length, _int(node.max_items)))
         flat = pc.list_flatten(values)
         if len(flat):
             item_ok = pc.if_else(
