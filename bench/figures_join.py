@@ -225,7 +225,8 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
         f"{n:,} requests ({batch.input_bytes / 1e6:.0f} MB in, "
         f"{batch.output_bytes / 1e6:.0f} MB out{', long shape' if shape == 'long' else ''})"
     )
-    suffix = "" if shape == "short" else f"_{shape}"
+    # Every row's name starts with its figure's: join_wall..., join_long_...
+    prefix = "join" if shape == "short" else f"join_{shape}"
     ours_wall, ref_wall = _best(runs["ours"]), _best(runs["reference"])
     ours_cpu, ref_cpu = _best(runs["ours"], "cpu_seconds"), _best(runs["reference"], "cpu_seconds")
     wall_ratio = ours_wall["seconds"] / ref_wall["seconds"]
@@ -258,7 +259,7 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
     both_ratio = ours_cpu["cpu_seconds"] / both["cpu_seconds"]
     return [
         Row(
-            name=f"join_wall{suffix}",
+            name=f"{prefix}_wall",
             figure=f"join_results wall time, {what}",
             ours=_wall_cpu(ours_wall),
             reference=f"{_wall_cpu(ref_wall)} {reference}",
@@ -268,7 +269,7 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
             values={**values, "ratio": wall_ratio},
         ),
         Row(
-            name=f"join_cpu{suffix}",
+            name=f"{prefix}_cpu",
             figure=f"join_results CPU time, {what}",
             ours=_wall_cpu(ours_cpu),
             reference=f"{_wall_cpu(ref_cpu)} {reference}",
@@ -278,7 +279,7 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
             values={**values, "ratio": cpu_ratio},
         ),
         Row(
-            name=f"join_cpu_same_bytes{suffix}",
+            name=f"{prefix}_cpu_same_bytes",
             figure=f"join_results CPU time vs a pyarrow pass over inputs + outputs, {what}",
             ours=_wall_cpu(ours_cpu),
             reference=f"{_wall_cpu(both)} (pyarrow pass over both files: the bytes we read)",
