@@ -36,9 +36,9 @@ POOL_LIMIT = 3  # what the doc's command sets, below its max_concurrent_runs
 NAME = "reviews"  # the doc's pipeline: its pool is together_results_reviews
 RESULTS_KEY = dg.AssetKey(f"{NAME}_results")
 RESULTS_JOB = f"{NAME}_results_job"
-# Generous: each results run is a new Python process of a few CPU seconds, and a machine
-# shared with other work runs them many times slower than a quiet one.
-WAIT_SECONDS = 600
+# Generous: the 50 runs cost about 185 CPU seconds (a new Python process each), about 1.5 min
+# on 2 quiet cores, but 12 min on 2 cores at a load average of 19 (docs/scaling.md).
+WAIT_SECONDS = 900
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 CODE_LOCATION = (
