@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml
 	scripts/install-postgres
 	touch $(STAMP) $(DEMO_STAMP)
 
+# pip shows each package as it goes (the first run downloads about 70). setuptools' notice
+# box about editable installs in general is information for packagers, not for the demo.
 $(DEMO_STAMP): pyproject.toml
 	@echo "Setting up $(VENV): dagster-together and what it needs to run (once; about a minute)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/python -m pip install -e .
 	touch $(DEMO_STAMP)
 	@echo "Ready."
 
