@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	scripts/install-chromium
+	scripts/install-postgres
 	touch $(STAMP) $(DEMO_STAMP)
 
 # pip shows each package as it goes (the first run downloads about 70). setuptools' notice

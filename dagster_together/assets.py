@@ -241,7 +241,8 @@ def build_together_batch_defs(
         template: builds each request body from a row (model, system prompt, prompt column).
         id_column: the column whose values become ``custom_id`` (with ``template``).
         batching: endpoint, completion window and batch size limits.
-        results: the checks' thresholds and the results step's retry policy.
+        results: the checks' thresholds, the results step's retry policy and its concurrency
+            pool (``together_results_{name}`` by default; see docs/scaling.md).
         cost: the price table and ``max_estimated_cost``, the spending limit checked before
             anything is uploaded.
         resubmit: follow-up batches (``max_attempts``, the error codes never retried) and the
@@ -308,6 +309,8 @@ def build_together_batch_defs(
         **_spec_arguments(results_spec),
         "required_resource_keys": resource_keys,
         "retry_policy": results.retry_policy,
+        # No limit until the instance gives the pool one: then it caps concurrent results runs.
+        "pool": results.pool or f"together_results_{name}",
         "check_specs": results_check_specs(
             results_spec.key, results, structured=getattr(template, "schema", None) is not None
         ),

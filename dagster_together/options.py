@@ -77,12 +77,18 @@ class ResultsOptions:
             fail at once. A batch that has not ended yet is never retried.
         max_invalid_output_rate: with an output schema, the ``invalid_output_rate`` check (a
             warning) passes while at most this share of the answers do not match it.
+        pool: the Dagster concurrency pool of the results asset. None:
+            ``together_results_{name}``. A pool has no limit until the instance gives it one
+            (``dagster instance concurrency set POOL 4``, or the UI); with
+            ``concurrency: pools: granularity: run`` in ``dagster.yaml`` the run queue then keeps
+            at most that many results runs in progress (see docs/scaling.md).
     """
 
     max_error_rate: float = 0.05
     error_rate_severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.WARN
     retry_policy: dg.RetryPolicy | None = field(default=DEFAULT_RESULTS_RETRY_POLICY)
     max_invalid_output_rate: float = 0.05
+    pool: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+# A real PostgreSQL server (session scope): tests/postgres.py.
+from tests.postgres import postgres_server  # noqa: F401
+
 # A recognisable key: tests grep logs, events and files for it to prove it never leaks.
 TEST_API_KEY = "tgp-test-5ecret-KEY-do-not-leak-7f3a9c"
 

@@ -148,6 +148,11 @@ class ResultsModel(dg.Resolvable, dg.Model):
     error_rate_severity: Literal["WARN", "ERROR"] = Field(
         default="WARN", description="Severity of a failed error_rate check."
     )
+    pool: str | None = Field(
+        default=None,
+        description="Dagster concurrency pool of the results asset; unset: "
+        "together_results_{name}. Give it a limit to cap concurrent results runs.",
+    )
 
 
 class PriceModel(dg.Resolvable, dg.Model):
@@ -508,6 +513,7 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
         return ResultsOptions(
             max_error_rate=self.results.max_error_rate,
             error_rate_severity=dg.AssetCheckSeverity(self.results.error_rate_severity),
+            pool=self.results.pool,
         )
 
 
