@@ -35,6 +35,7 @@ class Sizes:
     cache_store_n: int  # answers in the answer store
     cache_lookup_n: int  # requests looked up in it (half of them answered there)
     final_n: int  # rows of the final table assembled from its batches
+    final_flat_n: int  # the smaller size its peak RSS must stay flat from
 
 
 FULL = Sizes(
@@ -54,6 +55,7 @@ FULL = Sizes(
     cache_store_n=10_000_000,
     cache_lookup_n=1_000_000,
     final_n=1_000_000,
+    final_flat_n=100_000,
 )
 
 QUICK = Sizes(
@@ -73,6 +75,7 @@ QUICK = Sizes(
     cache_store_n=200_000,
     cache_lookup_n=50_000,
     final_n=50_000,
+    final_flat_n=10_000,
 )
 
 
