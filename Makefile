@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install test test-fast lint format typecheck demo dev emulator bench clean
+.PHONY: install test test-fast lint format typecheck demo dev emulator bench screenshots clean
 
 install: $(STAMP)
 
@@ -16,13 +16,16 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	scripts/install-chromium
 	touch $(STAMP) $(DEMO_STAMP)
 
+# pip shows each package as it goes (the first run downloads about 70). setuptools' notice
+# box about editable installs in general is information for packagers, not for the demo.
 $(DEMO_STAMP): pyproject.toml
 	@echo "Setting up $(VENV): dagster-together and what it needs to run (once; about a minute)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/python -m pip install -e .
 	touch $(DEMO_STAMP)
 	@echo "Ready."
 
@@ -59,6 +62,10 @@ emulator: $(DEMO_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Retake docs/images/*.png: the example driven in the Dagster UI in Debian's Chromium.
+screenshots: $(STAMP)
+	$(BIN)/python -m scripts.screenshots
 
 clean:
 	rm -rf $(VENV) .demo .dagster_home bench/out *.egg-info

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import figures_cache, figures_dagster, figures_join, figures_transfer
+from bench import figures_cache, figures_dagster, figures_join, figures_scale, figures_transfer
 from bench.context import FULL, QUICK, Context, Figure
 from bench.data import OUT_DIR
 from bench.report import Row, machine, print_table, write_json
@@ -22,6 +22,7 @@ FIGURES: dict[str, Figure] = {
     **figures_join.FIGURES,
     **figures_transfer.FIGURES,
     **figures_cache.FIGURES,
+    **figures_scale.FIGURES,
     **figures_dagster.FIGURES,
 }
 

@@ -36,6 +36,9 @@ class Sizes:
     cache_lookup_n: int  # requests looked up in it (half of them answered there)
     final_n: int  # rows of the final table assembled from its batches
     final_flat_n: int  # the smaller size its peak RSS must stay flat from
+    submit_n: int  # prompts whose request files are built (the submit row)
+    scale_prompts: tuple[int, int]  # prompts submitted at once, small then full (memory flat)
+    scale_per_batch: int  # requests per batch of that submit
 
 
 FULL = Sizes(
@@ -45,7 +48,7 @@ FULL = Sizes(
     big_bytes=1_000_000_000,
     upload_bytes=100_000_000,
     upload_lines=50_000,
-    sensor_batches=1_000,
+    sensor_batches=200,
     asset_n=50_000,
     backfill_partitions=20,
     backfill_n=50_000,
@@ -56,6 +59,9 @@ FULL = Sizes(
     cache_lookup_n=1_000_000,
     final_n=1_000_000,
     final_flat_n=100_000,
+    submit_n=1_000_000,
+    scale_prompts=(200_000, 1_000_000),
+    scale_per_batch=50_000,
 )
 
 QUICK = Sizes(
@@ -65,7 +71,7 @@ QUICK = Sizes(
     big_bytes=100_000_000,
     upload_bytes=20_000_000,
     upload_lines=10_000,
-    sensor_batches=200,
+    sensor_batches=50,
     asset_n=5_000,
     backfill_partitions=20,
     backfill_n=2_000,
@@ -76,6 +82,9 @@ QUICK = Sizes(
     cache_lookup_n=50_000,
     final_n=50_000,
     final_flat_n=10_000,
+    submit_n=100_000,
+    scale_prompts=(10_000, 50_000),
+    scale_per_batch=2_500,
 )
 
 

@@ -2,7 +2,12 @@
 
 * :func:`join_data`: a batch of ``n`` chat requests (input JSONL), the output JSONL in the exact
   Together format (about 770 bytes a line, a few sentences of content, shuffled order), and the
-  error JSONL (a few % of the requests).
+  error JSONL (a few % of the requests). Two more kinds of the same batch:
+  ``structured=True`` sends :data:`REVIEW_SCHEMA` as the requests' ``response_format`` and answers
+  with JSON of that schema (about 1% of the answers not JSON or not matching, as models do), and
+  ``shape="long"`` is a second data shape (documents of about 0.6-1.1 kB in, answers of about 0.4-0.7 kB out
+  with a ``seed`` per choice, ``logprobs: null`` and ``prompt: []``, fields in another order),
+  so that no figure holds only for the data it was tuned on.
 * :func:`big_file`: a file of exactly ``size`` bytes of output lines, for download figures.
 * :func:`upload_file`: a valid batch input file of 50,000 requests and exactly 100,000,000 bytes.
 
@@ -20,7 +25,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DATA_DIR", "OUT_DIR", "JoinData", "big_file", "join_data", "upload_file"]
+__all__ = [
+    "DATA_DIR",
+    "OUT_DIR",
+    "REVIEW_SCHEMA",
+    "JoinData",
+    "big_file",
+    "join_data",
+    "upload_file",
+]
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 DATA_DIR = OUT_DIR / "data"
@@ -28,6 +41,33 @@ VERSION = 1  # bump when the generators change: old cache entries are ignored
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 SYSTEM = "You are a concise analyst. Answer in a few sentences, plainly, without lists."
 _FLUSH_LINES = 20_000
+SHAPES = ("short", "long")
+
+REVIEW_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "neutral", "negative"]},
+        "product_issue": {"type": ["string", "null"]},
+        "severity": {"type": "integer", "minimum": 1, "maximum": 5},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["sentiment", "product_issue", "severity", "confidence", "tags"],
+    "additionalProperties": False,
+}
+"""The 5-field output schema of the structured batches (typed columns: string, string, int64,
+float64, list<string>)."""
+_ISSUES = [
+    "late delivery",
+    "broken on arrival",
+    "wrong size",
+    "battery drains fast",
+    "missing parts",
+    "app keeps crashing",
+    'the "quick start" guide is wrong',
+    "café-grade grinder jams",
+]
+_TAGS = ["shipping", "quality", "price", "support", "packaging", "durability", "ux", "refund"]
 
 _SUBJECTS = [
     "The report",
@@ -136,6 +176,7 @@ class JoinData:
     n_outputs: int
     n_errors: int
     output_bytes: int
+    input_bytes: int
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able description (paths as strings)."""
@@ -183,12 +224,26 @@ def _write_lines(path: Path, lines: Iterator[str]) -> int:
     return path.stat().st_size
 
 
-def join_data(n: int, *, error_rate: float = 0.03, seed: int = 7) -> JoinData:
-    """A batch of ``n`` requests with its output and error files (generated once, then cached)."""
-    path, meta = _entry(f"join-{n}-{error_rate}-{seed}")
+def join_data(
+    n: int,
+    *,
+    error_rate: float = 0.03,
+    seed: int = 7,
+    shape: str = "short",
+    structured: bool = False,
+) -> JoinData:
+    """A batch of ``n`` requests with its output and error files (generated once, then cached).
+
+    ``shape`` is ``"short"`` (the main figures' data) or ``"long"`` (the second data shape);
+    ``structured`` makes the answers JSON of :data:`REVIEW_SCHEMA`.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, not {shape!r}")
+    kind = ("" if shape == "short" else f"{shape}-") + ("schema-" if structured else "")
+    path, meta = _entry(f"join-{kind}{n}-{error_rate}-{seed}")
     if meta is None:
         tmp = _fresh(path)
-        meta = _generate_join(tmp, n, error_rate, seed)
+        meta = _generate_join(tmp, n, error_rate, seed, shape, structured)
         _publish(tmp, path, meta)
     return JoinData(
         n=n,
@@ -198,23 +253,52 @@ def join_data(n: int, *, error_rate: float = 0.03, seed: int = 7) -> JoinData:
         n_outputs=int(meta["n_outputs"]),  # type: ignore[call-overload]
         n_errors=int(meta["n_errors"]),  # type: ignore[call-overload]
         output_bytes=int(meta["output_bytes"]),  # type: ignore[call-overload]
+        input_bytes=int(meta["input_bytes"]),  # type: ignore[call-overload]
     )
 
 
-def _generate_join(directory: Path, n: int, error_rate: float, seed: int) -> dict[str, object]:
+def _review_answer(rng: random.Random) -> str:
+    """A JSON answer of :data:`REVIEW_SCHEMA`, escaped as the inside of a JSON string; about 1%
+    are not JSON or do not match (models do that)."""
+    roll = rng.random()
+    if roll < 0.005:
+        return _escaped("I'm sorry, I can't classify this review.")
+    answer = {
+        "sentiment": rng.choice(("positive", "neutral", "negative")),
+        "product_issue": rng.choice(_ISSUES) if rng.random() < 0.8 else None,
+        "severity": rng.randint(1, 5) if roll >= 0.01 else 7,  # 7: out of the schema's range
+        "confidence": round(rng.random(), 3),
+        "tags": rng.sample(_TAGS, rng.randint(0, 3)),
+    }
+    return _escaped(json.dumps(answer, ensure_ascii=False))
+
+
+def _generate_join(
+    directory: Path, n: int, error_rate: float, seed: int, shape: str, structured: bool
+) -> dict[str, object]:
     rng = random.Random(seed)
     pool = _sentence_pool(rng)
     questions = [_escaped(q) for q in _QUESTIONS]
     system = _escaped(SYSTEM)
+    long = shape == "long"
+    response_format = (
+        ', "response_format": '
+        + json.dumps(
+            {"type": "json_schema", "json_schema": {"name": "review", "schema": REVIEW_SCHEMA}}
+        )
+        if structured
+        else ""
+    )
 
     def requests() -> Iterator[str]:
         for i in range(n):
-            context = " ".join(rng.choices(pool, k=rng.randint(1, 3)))
+            k = rng.randint(7, 12) if long else rng.randint(1, 3)
+            context = " ".join(rng.choices(pool, k=k))
             yield (
                 f'{{"custom_id": "{_custom_id(i)}", "body": {{"model": "{MODEL}", '
                 f'"messages": [{{"role": "system", "content": "{system}"}}, '
                 f'{{"role": "user", "content": "{rng.choice(questions)} {context}"}}], '
-                f'"max_tokens": 512, "temperature": 0.7}}}}\n'
+                f'"max_tokens": 512, "temperature": 0.7{response_format}}}}}\n'
             )
 
     input_bytes = _write_lines(directory / "inputs.jsonl", requests())
@@ -225,25 +309,46 @@ def _generate_join(directory: Path, n: int, error_rate: float, seed: int) -> dic
     rng.shuffle(failed)
     created = 1_735_689_600
 
+    def content() -> str:
+        if structured:
+            return _review_answer(rng)
+        k = rng.randint(4, 8) if long else rng.choice((1, 2, 2, 3, 3, 3, 4, 4))
+        sentences = rng.choices(pool, k=k)
+        if k > 3 and rng.random() < 0.3:
+            sentences[2] = "\\n\\n" + sentences[2]
+        return " ".join(sentences)
+
     def outputs() -> Iterator[str]:
         for i in succeeded:
-            k = rng.choice((1, 2, 2, 3, 3, 3, 4, 4))
-            sentences = rng.choices(pool, k=k)
-            if k > 3 and rng.random() < 0.3:
-                sentences[2] = "\\n\\n" + sentences[2]
-            content = " ".join(sentences)
-            prompt_tokens = rng.randint(40, 420)
-            completion_tokens = len(content) // 4
-            yield (
-                f'{{"id": "br_{rng.getrandbits(96):024x}", "custom_id": "{_custom_id(i)}", '
+            text = content()
+            prompt_tokens = rng.randint(300, 900) if long else rng.randint(40, 420)
+            completion_tokens = len(text) // 4
+            usage = (
+                f'"usage": {{"prompt_tokens": {prompt_tokens}, '
+                f'"completion_tokens": {completion_tokens}, '
+                f'"total_tokens": {prompt_tokens + completion_tokens}}}'
+            )
+            ids = (
+                f'"id": "br_{rng.getrandbits(96):024x}", "custom_id": "{_custom_id(i)}", '
                 f'"response": {{"status_code": 200, "request_id": "{rng.getrandbits(128):032x}", '
+            )
+            if long:  # another order, a seed per choice, an empty prompt list, no system one
+                yield (
+                    f"{{{ids}"
+                    f'"body": {{"id": "{rng.getrandbits(64):016x}", "object": "chat.completion", '
+                    f'"created": {created + i // 50}, "model": "{MODEL}", "prompt": [], {usage}, '
+                    f'"choices": [{{"index": 0, "seed": {rng.getrandbits(63)}, '
+                    f'"logprobs": null, "finish_reason": "stop", "message": '
+                    f'{{"role": "assistant", "content": "{text}", "tool_calls": []}}}}]}}}}}}\n'
+                )
+                continue
+            yield (
+                f"{{{ids}"
                 f'"body": {{"id": "{rng.getrandbits(64):016x}-{rng.getrandbits(32):08x}", '
                 f'"object": "chat.completion", "created": {created + i // 50}, '
                 f'"model": "{MODEL}", "choices": [{{"index": 0, "message": '
-                f'{{"role": "assistant", "content": "{content}"}}, "finish_reason": "stop", '
-                f'"logprobs": null}}], "usage": {{"prompt_tokens": {prompt_tokens}, '
-                f'"completion_tokens": {completion_tokens}, '
-                f'"total_tokens": {prompt_tokens + completion_tokens}}}}}}}}}\n'
+                f'{{"role": "assistant", "content": "{text}"}}, "finish_reason": "stop", '
+                f'"logprobs": null}}], {usage}}}}}}}\n'
             )
 
     def errors() -> Iterator[str]:
@@ -260,6 +365,8 @@ def _generate_join(directory: Path, n: int, error_rate: float, seed: int) -> dic
         "n": n,
         "seed": seed,
         "error_rate": error_rate,
+        "shape": shape,
+        "structured": structured,
         "n_outputs": len(succeeded),
         "n_errors": len(failed),
         "input_bytes": input_bytes,

@@ -1,4 +1,4 @@
-"""The Dagster layer: one sensor tick over 1,000 batches in flight, ``import dagster_together``,
+"""The Dagster layer: one sensor tick over 200 batches in flight, ``import dagster_together``,
 the results asset beside the same work called directly, and a 20-partition backfill.
 
 Batches are real emulator batches (created with ``POST /batches`` and finished through the
@@ -115,7 +115,8 @@ def _run_partition(base_url: str, storage_url: str, batch_id: str) -> dict[str, 
 
 # -- child tasks ---------------------------------------------------------------------------------
 def task_sensor_ticks(base_url: str, ids_file: str, home: str, ticks: int) -> dict[str, Any]:
-    """``ticks`` evaluations of the batch sensor with every batch of ``ids_file`` in flight."""
+    """``ticks`` evaluations of the batch sensor with every batch of ``ids_file`` in flight, then
+    one more after every batch ended (the tick that launches them all: the largest cursor)."""
     os.environ["DAGSTER_HOME"] = home
     import dagster as dg
 
@@ -127,22 +128,28 @@ def task_sensor_ticks(base_url: str, ids_file: str, home: str, ticks: int) -> di
     prompts = dg.AssetSpec("bench_prompts")  # upstream of the submit asset: declared only
     defs = dg.Definitions.merge(bundle.defs, dg.Definitions(assets=[prompts], resources=resources))
     admin = EmulatorClient(base_url.removesuffix("/v1"))
-    out: dict[str, Any] = {"seconds": [], "requests": [], "run_requests": []}
+    out: dict[str, Any] = {"seconds": [], "requests": [], "run_requests": [], "cursor_bytes": []}
+    cursor = None
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(bundle.partitions_def.name, ids)
-        for _ in range(ticks):
+        for tick in range(ticks + 1):
+            if tick == ticks:
+                for batch_id in ids:
+                    admin.finish_batch(batch_id)
             admin.clear_requests()
             with (
                 dg.build_sensor_context(
-                    instance=instance, definitions=defs, resources=resources
+                    instance=instance, cursor=cursor, definitions=defs, resources=resources
                 ) as context,
                 timed() as t,
             ):
                 result = bundle.sensor(context)
+            cursor = getattr(result, "cursor", None) or cursor
             out["seconds"].append(t["seconds"])
             out["requests"].append([f"{r['method']} {r['path']}" for r in admin.requests()])
             run_requests = getattr(result, "run_requests", None) or []
             out["run_requests"].append(len(run_requests))
+            out["cursor_bytes"].append(len((cursor or "").encode()))
     return out
 
 
@@ -302,9 +309,13 @@ def _home(ctx: Context, name: str) -> str:
 
 
 def sensor_tick(ctx: Context) -> list[Row]:
-    """One sensor tick while ``sensor_batches`` batches are in flight."""
+    """One sensor tick while ``sensor_batches`` batches of 50,000 requests are in flight, and the
+    cursor it keeps once they all ended at once."""
     n = ctx.sizes.sensor_batches
     with EmulatorProcess(run_seconds=24 * 3600) as emu:
+        # The batch list carries no per-request data: what a tick costs depends on the number of
+        # batches, not on their size, so the batches share one small input file (the emulator
+        # would otherwise answer 50,000 requests per batch up front).
         input_id = emu.add_file(data.join_data(10).inputs, purpose="batch-api")
         ids = [emu.create_batch(input_id) for _ in range(n)]
         ids_file = ctx.path("batch-ids.json")
@@ -318,21 +329,35 @@ def sensor_tick(ctx: Context) -> list[Row]:
         )
     worst = max(result["seconds"])
     calls = max(len(r) for r in result["requests"])
-    passed = worst <= 2.0 and all(r == ["GET /v1/batches"] for r in result["requests"])
+    cursor = max(result["cursor_bytes"])
+    one_call = all(r == ["GET /v1/batches"] for r in result["requests"])
+    # In flight, nothing is launched; once all ended, the last tick launches every batch once.
+    launched = result["run_requests"][:-1] == [0] * (len(result["run_requests"]) - 1) and (
+        result["run_requests"][-1] == n
+    )
     return [
         Row(
             name="sensor_tick",
-            figure=f"one sensor tick, {n:,} batches in flight",
-            ours=f"{seconds(worst)}, {calls} HTTP request(s)",
+            figure=(
+                f"one sensor tick, {n:,} batches in flight ({n * 50_000 / 1e6:g}M requests at "
+                "50,000 a batch)"
+            ),
+            ours=f"{seconds(worst)}, {calls} HTTP request(s), cursor {cursor:,} bytes",
             reference="-",
             ratio="-",
-            target="1 request, <= 2 s",
-            passed=passed and not any(result["run_requests"]),
+            target="1 request, <= 2 s, cursor <= 64 KB",
+            passed=one_call and worst <= 2.0 and cursor <= 64 * 1024 and launched,
             values={
                 "tick_seconds": result["seconds"],
                 "requests": result["requests"],
                 "run_requests": result["run_requests"],
-                "note": "worst of the ticks (the first includes creating the client)",
+                "cursor_bytes": result["cursor_bytes"],
+                "note": "worst of the ticks (the first includes creating the client); the last "
+                "tick runs after every batch ended at once and launches them all: its cursor "
+                "holds every batch launched but not materialised yet, the most it can hold "
+                "(it is pruned as runs materialise). 64 KB: the cursor is stored with every "
+                "tick in the instance's database and sent to the code server each tick; at "
+                "about 55 bytes a batch it allows about 1,000 batches ending within one tick.",
             },
         )
     ]

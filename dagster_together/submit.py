@@ -9,7 +9,7 @@ caller says what to do with each batch once it exists (``on_batch``).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +157,7 @@ def submit_prompts(
             key_column = None
             if resubmit.use_answer_cache:
                 keys.add_all(requests())
-                key_column = pa.array(keys.keys, pa.string())
+                key_column = keys.keys()
                 hits = AnswerStore(layout).lookup(key_column)
                 paid_by = dict(
                     zip(hits["key"].to_pylist(), hits["batch_id"].to_pylist(), strict=True)
@@ -179,7 +179,7 @@ def submit_prompts(
                 observe=observe,
                 exclude=cached_ids,
             )
-            n_rows = len(keys.keys)
+            n_rows = keys.count
             columns = (
                 input_columns_table(prompts, id_column=id_column if template else None)
                 if n_rows
@@ -211,20 +211,23 @@ def submit_prompts(
         if schema is not None:
             submissions.write_schema(submission_id, schema)
         if key_column is None:  # without the cache the keys were taken as the files were written
-            key_column = pa.array(keys.keys, pa.string())
+            key_column = keys.keys()
         submissions.write_inputs(
             submission_id,
             columns.append_column("key", key_column).append_column(
-                "cached_batch_id", pa.array([paid_by.get(k) for k in keys.keys], pa.string())
+                "cached_batch_id", _paid_by_column(key_column, paid_by)
             ),
         )
         if not chunks:
             return submission
         _log_estimate(context, submission, cost)
-        sent = pc.invert(
-            pc.is_in(columns["custom_id"], value_set=pa.array(sorted(cached_ids), pa.string()))
-        )
-        sent_columns = columns.filter(sent)
+        keys_table = pa.table({"custom_id": columns["custom_id"], "key": key_column})
+        sent_columns = columns
+        if cached_ids:  # some rows are answered by the store: the batches get the others
+            sent = pc.invert(
+                pc.is_in(columns["custom_id"], value_set=pa.array(sorted(cached_ids), pa.string()))
+            )
+            sent_columns, keys_table = columns.filter(sent), keys_table.filter(sent)
         _check_alignment(chunks, sent_columns)
         submission.batches.extend(
             create_batches(
@@ -232,7 +235,7 @@ def submit_prompts(
                 client,
                 chunks,
                 sent_columns,
-                pa.table({"custom_id": columns["custom_id"], "key": key_column}).filter(sent),
+                keys_table,
                 layout=layout,
                 endpoint=endpoint,
                 completion_window=batching.completion_window,
@@ -332,28 +335,80 @@ def create_batches(
 
 
 class _Keys:
-    """The content key of every request, in input order."""
+    """The ``custom_id`` and content key of every request, in input order, kept as Arrow arrays:
+    two Python strings per request would pin more memory than the request files hold."""
+
+    _BLOCK = 10_000
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.ids: list[str] = []
-        self.keys: list[str] = []
+        self.count = 0
+        self._ids: list[str] = []
+        self._keys: list[str] = []
+        self._blocks: list[tuple[Any, Any]] = []  # (ids, keys) as pyarrow arrays
 
     def add(self, request: Any) -> None:
         try:
             key = request_key(self.endpoint, request["body"])
         except (TypeError, ValueError, KeyError):
             key = ""  # not JSON: write_request_chunks refuses it with the row named
-        self.ids.append(str(request.get("custom_id")))
-        self.keys.append(key)
+        self._ids.append(str(request.get("custom_id")))
+        self._keys.append(key)
+        self.count += 1
+        if len(self._keys) >= self._BLOCK:
+            self._flush()
 
     def add_all(self, requests: Any) -> None:
         for request in requests:
             self.add(request)
 
-    def ids_of(self, keys: Container[str]) -> set[str]:
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._keys:
+            self._blocks.append(
+                (pa.array(self._ids, pa.string()), pa.array(self._keys, pa.string()))
+            )
+            self._ids, self._keys = [], []
+
+    def _column(self, index: int) -> Any:
+        import pyarrow as pa
+
+        self._flush()
+        if len(self._blocks) != 1:  # one array each from now on: the blocks are let go
+            empty = pa.array([], pa.string())
+            self._blocks = [
+                (
+                    pa.concat_arrays([ids for ids, _ in self._blocks] or [empty]),
+                    pa.concat_arrays([keys for _, keys in self._blocks] or [empty]),
+                )
+            ]
+        return self._blocks[0][index]
+
+    def keys(self) -> Any:
+        """Every content key, as one pyarrow string array."""
+        return self._column(1)
+
+    def ids_of(self, keys: Collection[str]) -> set[str]:
         """The ``custom_id`` of the requests with one of ``keys``."""
-        return {i for i, k in zip(self.ids, self.keys, strict=True) if k in keys}
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not keys:
+            return set()
+        wanted = pc.is_in(self._column(1), value_set=pa.array(list(keys), pa.string()))
+        return set(self._column(0).filter(wanted).to_pylist())
+
+
+def _paid_by_column(keys: Any, paid_by: dict[str, str]) -> Any:
+    """The batch that answered each key before (null for a new request), as a pyarrow array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not paid_by:
+        return pa.nulls(len(keys), pa.string())
+    index = pc.index_in(keys, value_set=pa.array(list(paid_by), pa.string()))
+    return pa.array(list(paid_by.values()), pa.string()).take(index)
 
 
 def prove_writable(layout: BatchStorageLayout) -> None:

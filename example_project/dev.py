@@ -34,7 +34,7 @@ def dg_command() -> list[str]:
     dg = Path(sys.executable).parent / "dg"
     if not dg.exists():
         raise SystemExit(
-            f"{dg} not found: install Dagster's CLI with `pip install -e '.[dev]'` "
+            f"{dg} not found: install Dagster's CLI with `pip install -e '.[ui]'` "
             "(or `make install`, which includes it)."
         )
     return [str(dg)]

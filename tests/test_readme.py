@@ -1,6 +1,7 @@
-"""Every Python snippet of the README, run as pasted: the code-location snippets together in a
-fresh code location (its own directory, a module loaded from a file), against the emulator over
-real HTTP, with each asset they define materialised; the plain-Python snippet as a script."""
+"""Every Python snippet of the README and docs/concepts.md, run as pasted: the code-location
+snippets together in a fresh code location (its own directory, a module loaded from a file),
+against the emulator over real HTTP, with each asset they define materialised; the plain-Python
+snippet as a script; docs/troubleshooting.md's snippets on a batch stuck in VALIDATING."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from tests.docs_blocks import README, blocks
 from tests.helpers import wait_terminal
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def python_snippets() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def python_snippets(*paths: Path) -> list[str]:
+    """The Python blocks of ``paths`` (default: the README, then docs/concepts.md), in order."""
+    paths = paths or (README, DOCS / "concepts.md")
+    return [b.text for path in paths for b in blocks(path) if b.language == "python"]
 
 
 def _load(path: Path) -> ModuleType:
@@ -120,3 +124,33 @@ def test_plain_python_snippet_runs_as_pasted(fresh_location: Path) -> None:
     scope["client"].close()
     assert scope["summary"].counts["succeeded"] == 3
     assert (fresh_location / "results.parquet").exists()
+
+
+def test_troubleshooting_snippets_show_and_cancel_a_batch_stuck_in_validating(
+    api_key: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dagster_together import TogetherClient
+    from dagster_together.emulator import Emulator
+
+    listing, cancel = python_snippets(DOCS / "troubleshooting.md")
+    requests = tmp_path / "requests.jsonl"
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    requests.write_text(json.dumps({"custom_id": "r1", "body": body}) + "\n")
+    # A batch that would stay VALIDATING for an hour.
+    with Emulator(api_key=api_key, validate_seconds=3600, cancel_seconds=0.1) as emu:
+        monkeypatch.setenv("TOGETHER_API_KEY", api_key)
+        monkeypatch.setenv("TOGETHER_BASE_URL", emu.base_url)
+        with TogetherClient() as setup:
+            stuck = setup.batches.create_batch(setup.files.upload(str(requests)).id)
+
+            scope: dict[str, Any] = {}
+            exec(listing, scope)
+            assert f"{stuck.id} VALIDATING" in capsys.readouterr().out
+            [example_id] = re.findall(r'batch_id = "([0-9a-f-]{36})"', cancel)
+            exec(cancel.replace(example_id, stuck.id), scope)
+            assert capsys.readouterr().out.strip() == "CANCELING"
+            assert str(setup.batches.wait(stuck.id, poll_interval=0.05).status) == "CANCELLED"
+            scope["client"].close()

@@ -28,6 +28,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+# One encoder for every request: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# Lines are written and hashed in blocks of about this size: one call per line costs more than
+# the encoding itself.
+_BLOCK_BYTES = 1 << 20
+
 
 @dataclass(frozen=True)
 class RequestChunk:
@@ -135,9 +141,7 @@ def write_request_chunks(
                 request if isinstance(request, dict) else dict(request), pos
             )
             try:
-                text = json.dumps(
-                    request, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-                )
+                text = _ENCODER.encode(request)
             except (TypeError, ValueError) as exc:
                 raise InvalidRequestFileError(
                     f"{rules.label(pos)}: {rules.subject(custom_id)} has a body that is not "
@@ -195,11 +199,22 @@ class _ChunkWriter:
         self.handle = open_pending(self.path, self.storage_options, stage_locally=True)
         self.files.append(self.handle)
         self.digest = hashlib.sha256()
+        self.block: list[bytes] = []
+        self.block_size = 0
         self.n = self.size = 0
         self.first = self.last = ""
         self.models: dict[str, None] = {}
 
+    def _flush(self) -> None:
+        assert self.handle is not None
+        data = b"".join(self.block)
+        self.handle.write(data)
+        self.digest.update(data)
+        self.block.clear()
+        self.block_size = 0
+
     def _close(self) -> None:
+        self._flush()
         self.handle = None
         self.chunks.append(
             RequestChunk(
@@ -221,9 +236,10 @@ class _ChunkWriter:
         if self.handle is None:
             self._open()
             self.first = custom_id
-        assert self.handle is not None
-        self.handle.write(data)
-        self.digest.update(data)
+        self.block.append(data)
+        self.block_size += len(data)
+        if self.block_size >= _BLOCK_BYTES:
+            self._flush()
         self.n += 1
         self.size += len(data)
         self.last = custom_id

@@ -47,12 +47,16 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 class RowNaming:
     """How messages name a request built from a row of the user's table: by the table, the row
     (1-based; the line, for a JSONL file) and the user's id column, which is what the user
-    knows, rather than by request number and ``custom_id``. Filled in as the table is read."""
+    knows, rather than by request number and ``custom_id``. Filled in as the table is read.
+
+    ``unique_ids`` is True once the whole id column was found free of duplicates (one Arrow
+    pass): then the rules need not remember every id to find a repeat."""
 
     def __init__(self, source: str = "table", column: str = "custom_id", unit: str = "row") -> None:
         self.source = source
         self.column = column
         self.unit = unit
+        self.unique_ids = False
 
     def where(self, pos: int) -> str:
         """The full position: ``reviews.parquet, row 7``."""
@@ -163,7 +167,9 @@ class _Rules:
     def check_cross(self, custom_id: str, model: str, url: str | None, pos: int) -> None:
         """The checks that need earlier requests: unique ids, one model, one endpoint."""
         seen = self.seen
-        if custom_id in seen:
+        if self.rows is not None and self.rows.unique_ids:
+            pass  # known unique: a dict of a million ids would outweigh the request files
+        elif custom_id in seen:
             rows = self.rows
             if rows is not None:
                 raise InvalidRequestFileError(

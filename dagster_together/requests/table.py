@@ -87,6 +87,28 @@ class _Source:
                 yield index, row
                 index += 1
 
+    def unique_ids(self, column: str) -> bool:
+        """Whether ``column`` certainly holds distinct, non-null strings or integers (False for
+        JSONL, other types, nulls or repeats: the rows then tell, one by one)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.jsonl is not None:
+            return False
+        if isinstance(self.arrow, tuple):
+            import pyarrow.parquet as pq
+
+            fs, path = self.arrow
+            ids = pq.read_table(path, columns=[column], filesystem=fs).column(column)
+        else:
+            ids = self.arrow.column(column)
+        typ = ids.type
+        if not (
+            pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)
+        ):
+            return False
+        return ids.null_count == 0 and pc.count_distinct(ids).as_py() == len(ids)
+
     def _jsonl_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         import fsspec
 
@@ -271,6 +293,7 @@ def _build(
                 "build the requests from your own columns."
             )
         method = "FILE" if endpoint in AUDIO else None
+        naming.unique_ids = table.unique_ids("custom_id")
         yield from _prebuilt(table, naming, names, method)
         return
     if endpoint is not None and endpoint != template.endpoint:
@@ -295,6 +318,7 @@ def _build(
                     f"{table.name}: has no column {column!r}, which the template uses "
                     f"({where}); columns: {names}. Check the template's column names."
                 )
+    naming.unique_ids = table.unique_ids(id_column)
     wanted = list(dict.fromkeys([id_column, *used]))
     if isinstance(template, AudioTemplate):
         make = _audio_body(template, naming, id_column)
@@ -473,7 +497,12 @@ def input_columns_table(
     missing = [c for c in keep if c not in table.column_names]
     if missing:
         raise InvalidRequestFileError(f"{table_source.name}: has no column {missing[0]!r}.")
-    ids = pa.array([_id_text(v) for v in table.column(key).to_pylist()], pa.string())
+    column = table.column(key)
+    if pa.types.is_string(column.type) or pa.types.is_integer(column.type):
+        # The same text as _id_text, without a Python object per row.
+        ids = column.cast(pa.string()).combine_chunks()
+    else:
+        ids = pa.array([_id_text(v) for v in column.to_pylist()], pa.string())
     if ids.null_count:
         raise InvalidRequestFileError(
             f"{table_source.name}: the id column {key!r} has {ids.null_count} null value(s); "

@@ -41,6 +41,9 @@ One module per step:
   not results (step 1);
 - ``buckets``: the result rows spilled by input position and read back (steps 3 and 4);
 - ``assemble``: the rows of each bucket matched to the inputs and written to Parquet (step 4);
+- ``structured``: with an ``output_schema``, a bucket's answers read by pyarrow as one JSONL
+  block and checked with Arrow compute (the rows it cannot vouch for go to the schema's own
+  parser);
 - ``arrow``: small Arrow helpers the steps share;
 - ``join``: :func:`join_results`, which runs the steps, and the :class:`JoinSummary`.
 
@@ -53,6 +56,8 @@ reaches every use. Every module logs to the ``dagster_together.results`` logger.
 With ``output_schema=`` each succeeded answer is also parsed and checked against a JSON Schema
 (:mod:`dagster_together.output_schema`) during step 4, one bucket at a time, and its fields are
 written as typed columns; answers that are not JSON or do not match get ``invalid_output``.
+Most answers are read in bulk by pyarrow (``structured``); the verdict, values and error are
+those of :meth:`OutputSchema.parse`, which reads every answer the bulk path does not accept.
 
 This package imports neither Dagster nor httpx; pyarrow is imported inside the functions.
 """

@@ -49,6 +49,23 @@ def _str(value: str) -> pa.Scalar:
     return pa.StringArray.from_buffers(1, offsets, pa.py_buffer(data))[0]
 
 
+def _strings(values: list[str | None]) -> pa.Array:
+    """A string array of ``values`` (None: null), built from buffers."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = [b"" if v is None else v.encode() for v in values]
+    offsets = array.array("i", [0])
+    for item in encoded:
+        offsets.append(offsets[-1] + len(item))
+    data = pa.py_buffer(b"".join(encoded))
+    texts = pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), data)
+    if all(v is not None for v in values):
+        return texts
+    valid = _int64s(array.array("q", [v is not None for v in values]))
+    return pc.if_else(pc.cast(valid, pa.bool_()), texts, _null(pa.string()))
+
+
 def _bool(value: bool) -> pa.Scalar:
     return _trues(1)[0] if value else _falses(1)[0]
 

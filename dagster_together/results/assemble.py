@@ -9,11 +9,21 @@ and preview rows of the summary are gathered on the way.
 
 from __future__ import annotations
 
+import array
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.results import blocks, outputs
-from dagster_together.results.arrow import _first_of_runs, _int, _scatter, _str
+from dagster_together.results.arrow import (
+    _first_of_runs,
+    _int,
+    _int64s,
+    _range,
+    _scatter,
+    _str,
+    _strings,
+)
 from dagster_together.results.blocks import _give_back_memory
 from dagster_together.results.buckets import _Buckets
 from dagster_together.results.inputs import _Inputs
@@ -184,46 +194,81 @@ def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list
 
     Returns the results (rows whose answer is not JSON or does not match get
     ``invalid_output``, their ``error`` and ``error_code``; ``content`` keeps the raw text) and
-    one typed array per schema field, null where there is no valid answer. Only the rows of one
-    bucket are held, as Python values, at a time.
+    one typed array per schema field, null where there is no valid answer. pyarrow reads the
+    answers it can vouch for (:mod:`.structured`); the rest go through ``schema.parse`` one by
+    one, which also words the errors. Only the rows of one bucket are held at a time.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from dagster_together.output_schema import AnswerError
+    from dagster_together.results.structured import _typed_answers
 
     n = results.num_rows
-    status = results.column("status")
-    ok = pc.equal(status, _str("succeeded"))
-    positions = pc.indices_nonzero(ok).to_pylist() if n else []
-    contents = results.column("content").take(positions).to_pylist() if positions else []
+    ok = pc.equal(results.column("status"), _str("succeeded"))
+    positions = pc.indices_nonzero(ok).cast(pa.int64())
+    contents = results.column("content").combine_chunks().take(positions)
+    accepted, fast = _typed_answers(contents, schema)
+    rest = pc.indices_nonzero(pc.invert(accepted)).cast(pa.int64())
     names = schema.field_names
-    values: dict[str, list[Any]] = {name: [None] * n for name in names}
-    bad = [False] * n
-    errors: list[str | None] = [None] * n
-    codes: list[str | None] = [None] * n
+    lines: list[str] = []  # each answer Python checked, as JSON of its shaped values
+    bad: list[int] = []  # positions among ``rest``
+    errors: list[str | None] = []
+    codes: list[str | None] = []
     parse = schema.parse
-    any_bad = False
-    for i, text in zip(positions, contents, strict=True):
+    for j, text in enumerate(contents.take(rest).to_pylist()):
         try:
             answer = parse(text)
         except AnswerError as exc:
-            bad[i], errors[i], codes[i] = True, str(exc), exc.code
-            any_bad = True
+            bad.append(j)
+            errors.append(str(exc))
+            codes.append(exc.code)
+            lines.append("{}")
             continue
-        for name in names:
-            values[name][i] = answer[name]
-    fields = [pa.array(values[f.name], f.type) for f in schema.arrow_fields()]
-    if any_bad:
-        mask = pa.array(bad, pa.bool_())
+        lines.append(json.dumps({name: answer[name] for name in names}, ensure_ascii=False))
+    m = len(contents)
+    # Each answer's value: the fast path's where it accepted, else Python's (after them).
+    pick = pc.if_else(accepted, _range(0, m), pc.add(_scatter(rest, 0, m), _int(m)))
+    back = _scatter(positions, 0, n)
+    slow = _typed_lines(lines, schema)
+    fields = [
+        pa.concat_arrays([fast_values, slow.column(i).combine_chunks()]).take(pick).take(back)
+        for i, fast_values in enumerate(fast)
+    ]
+    if bad:
+        at = positions.take(rest.take(_int64s(array.array("q", bad))))
+        to_row = _scatter(at, 0, n)
+        mask = pc.is_valid(to_row)
         for name, new in (
-            ("status", pa.array(["invalid_output"] * n, pa.string())),
-            ("error", pa.array(errors, pa.string())),
-            ("error_code", pa.array(codes, pa.string())),
+            ("status", _strings(["invalid_output"] * len(bad))),
+            ("error", _strings(errors)),
+            ("error_code", _strings(codes)),
         ):
-            at = results.schema.get_field_index(name)
-            results = results.set_column(at, name, pc.if_else(mask, new, results.column(name)))
+            i = results.schema.get_field_index(name)
+            column = pc.if_else(mask, new.take(to_row), results.column(name))
+            results = results.set_column(i, name, column)
     return results, fields
+
+
+def _typed_lines(lines: list[str], schema: OutputSchema) -> pa.Table:
+    """Values already checked by Python, given as JSON lines, as the schema's typed columns.
+
+    Read back by pyarrow's JSON reader rather than converted from Python objects: that
+    conversion imports pandas when it is installed (about 50 MB of memory), which the join
+    does not need.
+    """
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    arrow_schema = pa.schema(schema.arrow_fields())
+    if not lines:
+        return arrow_schema.empty_table()
+    data = ("\n".join(lines) + "\n").encode()
+    return pa_json.read_json(
+        pa.BufferReader(data),
+        read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 16)),
+        parse_options=pa_json.ParseOptions(explicit_schema=arrow_schema),
+    )
 
 
 def _pick(spilled: pa.Table, lo: int, hi: int, inputs: pa.Table, report: _Report) -> pa.Table:

@@ -151,31 +151,36 @@ def _parallel(work: Callable[[Any], Any], items: Iterator[Any]) -> Iterator[Any]
 class _Block:
     """Whole lines of a file: ``data`` ends with a newline, ``first_line`` is the number of the
     first line, ``unterminated`` tells that the last line had no newline in the file (one was
-    added). Arrow cuts the block at its newlines once (``pieces``: the lines as binary, without
-    their newline), in C; the line offsets (a Python loop) are only worked out for the slow
-    path."""
+    added). The lines are counted and checked with ``bytes.count`` (C); Arrow cuts the block
+    at its newlines (``pieces``: the lines as binary, without their newline, a copy) only when
+    the raw lines are asked for; the line offsets (a Python loop) only for the slow path."""
 
-    __slots__ = ("data", "pieces", "first_line", "unterminated", "_offsets")
+    __slots__ = ("data", "n", "first_line", "unterminated", "_pieces", "_offsets")
 
     def __init__(self, data: bytes | bytearray, first_line: int, unterminated: bool) -> None:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         self.data = data
-        whole = pa.Array.from_buffers(
-            pa.large_binary(),
-            1,
-            [None, pa.py_buffer(array.array("q", [0, len(data)])), pa.py_buffer(data)],
-        )
-        pieces = pc.split_pattern(whole, b"\n").values
-        self.pieces = pieces.slice(0, len(pieces) - 1)  # the last one follows the last newline
+        self.n = data.count(b"\n")
         self.first_line = first_line
         self.unterminated = unterminated
+        self._pieces: pa.Array | None = None
         self._offsets: array.array | None = None
 
     @property
-    def n(self) -> int:
-        return len(self.pieces)
+    def pieces(self) -> pa.Array:
+        """The lines as binary, without their newline."""
+        if self._pieces is None:
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            data = self.data
+            whole = pa.Array.from_buffers(
+                pa.large_binary(),
+                1,
+                [None, pa.py_buffer(array.array("q", [0, len(data)])), pa.py_buffer(data)],
+            )
+            pieces = pc.split_pattern(whole, b"\n").values
+            self._pieces = pieces.slice(0, len(pieces) - 1)  # the last follows the last newline
+        return self._pieces
 
     @property
     def offsets(self) -> array.array:
@@ -200,11 +205,11 @@ class _Block:
         shift), turns a bare ``null`` line into a row of nulls, does not check the UTF-8 of the
         fields it ignores, and crashes on a file holding only ``null``.
         """
-        import pyarrow.compute as pc
-
-        if not self.n or not pc.all(pc.starts_with(self.pieces, b"{")).as_py():
+        data = self.data
+        # Every line starts with "{": the first one, and each one after a newline.
+        if not self.n or data[:1] != b"{" or data.count(b"\n{") != self.n - 1:
             return False
-        return self.data.isascii() or is_utf8(self.data)
+        return data.isascii() or is_utf8(data)
 
     def raw_lines(self) -> pa.Array:
         """The lines as strings without their newline (the block must be valid UTF-8)."""

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 from dagster_together.client.errors import TogetherError
 from dagster_together.requests.rules import json_type
 from dagster_together.results import blocks
-from dagster_together.results.arrow import _bool, _first_element, _int, _null, _str
+from dagster_together.results.arrow import (
+    _bool,
+    _first_element,
+    _int,
+    _null,
+    _range,
+    _scatter,
+    _str,
+    _strings,
+)
 from dagster_together.results.blocks import (
     _Block,
     _json_error,
@@ -323,16 +332,24 @@ _NO_RESPONSE = "no response in the output line"
 
 
 def _tool_calls_text(calls: Any) -> Any:
-    """Each row's tool calls as JSON text (null without any): only those rows go through
-    Python, so answers without tool calls cost one null count."""
+    """Each row's tool calls as JSON text (null without any): only the rows with calls go
+    through Python, so answers without any (null, or the ``[]`` many servers send) stay in
+    Arrow."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if calls.null_count == len(calls):
         return pa.nulls(len(calls), pa.string())
-    return pa.array(
-        [None if c is None else json.dumps(c, ensure_ascii=False) for c in calls.to_pylist()],
-        pa.string(),
-    )
+    texts = pc.if_else(pc.is_valid(calls), _str("[]"), _null(pa.string()))
+    some = pc.indices_nonzero(pc.fill_null(pc.greater(pc.list_value_length(calls), 0), False))
+    if len(some) == 0:
+        return texts
+    dumped = _strings([json.dumps(c, ensure_ascii=False) for c in calls.take(some).to_pylist()])
+    # Row i: its dumped text where it has calls, else its "[]" or null.
+    n = len(calls)
+    at = _scatter(some.cast(pa.int64()), 0, n)
+    pick = pc.if_else(pc.is_valid(at), pc.add(at, _int(n)), _range(0, n))
+    return pa.concat_arrays([texts, dumped]).take(pick)
 
 
 def _result_block_slow(block: _Block, location: str, report: _Report | _BadLines) -> pa.Table:

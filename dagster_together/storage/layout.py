@@ -15,8 +15,20 @@
     {storage_url}/submissions/{submission_id}/output_schema.json  the answers' schema, if any
     {storage_url}/final/submission={submission_id}/part-0.parquet  its final table
 
-``results/`` is a hive-partitioned Parquet dataset: DuckDB, Spark, Trino or
-``pyarrow.dataset.dataset(layout.results_url, partitioning="hive")`` read every batch as one table.
+``results/`` and ``final/`` are hive-partitioned Parquet datasets (every part of one has the same
+schema; files being written are hidden ``.part`` files no reader picks up). Which one to read:
+
+* ``{storage_url}/final/submission={submission_id}/``: one row per prompt of that submission,
+  with its final status (follow-up answers and cached answers included). Point a reader at one
+  submission's folder: ``final/**`` holds every submission, so a prompt submitted twice is there
+  twice (``WHERE submission = ...`` in SQL picks one).
+* ``{storage_url}/results/``: one row per request each batch was sent (``batch_id`` is the
+  partition column), every batch of every submission. A prompt retried by a follow-up batch is
+  in both batches; a prompt the answer store answered is in none.
+
+DuckDB: ``read_parquet('{storage_url}/results/**/*.parquet', hive_partitioning = true)``;
+pyarrow: ``pyarrow.dataset.dataset(layout.results_url, format="parquet", partitioning="hive")``;
+Spark and Trino read the same folders as hive-partitioned tables.
 """
 
 from __future__ import annotations

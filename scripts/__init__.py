@@ -1,0 +1,1 @@
+"""Maintenance scripts of the repository (run as ``python -m scripts.NAME`` from its root)."""
