@@ -36,6 +36,7 @@ from dagster_together.client.errors import (
     ServerError,
 )
 from dagster_together.client.settings import ClientSettings
+from dagster_together.client.transport_download import DownloadTransport, env_proxies
 from dagster_together.version import __version__
 
 logger = logging.getLogger("dagster_together.client")
@@ -329,18 +330,34 @@ class Transport:
         )
         self._sleep: Callable[[float], None] = time.sleep  # seam for tests
         self._base_path = urlsplit(self.base_url).path
-        self._http = httpx.Client(
+        self._http = self._client(http_transport)
+        # Downloads go over the standard library (their bodies read into our own buffer) unless
+        # the caller chose the transport, or the environment names a proxy that httpx would use.
+        self._downloads: httpx.Client | None = None
+        self._own_downloads = http_transport is None and not env_proxies()
+        _install_log_redaction()
+
+    def _client(self, transport: httpx.BaseTransport | None) -> httpx.Client:
+        return httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(self.settings.timeout),
             verify=self.settings.verify_tls,
-            transport=http_transport,
+            transport=transport,
             follow_redirects=False,
             headers={
                 "User-Agent": f"dagster-together/{__version__} httpx/{httpx.__version__}",
                 "Accept": "application/json",
             },
         )
-        _install_log_redaction()
+
+    def _download_client(self) -> httpx.Client:
+        if not self._own_downloads:
+            return self._http
+        if self._downloads is None:
+            self._downloads = self._client(
+                DownloadTransport(verify=self.settings.verify_tls, timeout=self.settings.timeout)
+            )
+        return self._downloads
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r}, api_key='**********')"
@@ -359,6 +376,8 @@ class Transport:
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
+        if self._downloads is not None:
+            self._downloads.close()
 
     def scrub(self, text: str) -> str:
         """``text`` with the API key masked (for anything built from server-provided strings)."""
@@ -478,12 +497,14 @@ class Transport:
         authenticate: bool,
         stream: bool,
         follow_redirects: bool,
+        download: bool,
     ) -> httpx.Response | httpx.TransportError:
         """One attempt: the answer, or the network error that stopped it."""
+        http = self._download_client() if download else self._http
         body = content() if callable(content) else content
-        request = self._http.build_request(method, path, json=json, content=body, headers=headers)
+        request = http.build_request(method, path, json=json, content=body, headers=headers)
         try:
-            return self._http.send(
+            return http.send(
                 request,
                 auth=self._auth if authenticate else None,
                 stream=stream,
@@ -505,13 +526,16 @@ class Transport:
         retry: RetryPolicy = "idempotent",
         stream: bool = False,
         follow_redirects: bool = False,
+        download: bool = False,
     ) -> httpx.Response:
         """Send a request with retries; return a response with status < 400 or raise.
 
         ``path`` is an API path (``/files``) or an absolute URL (a presigned URL: then pass
         ``authenticate=False``). ``content`` may be a callable returning a fresh iterable for each
         attempt, so a streamed upload can be re-sent. With ``stream=True`` the caller must close
-        the response. Errors: :class:`~dagster_together.client.errors.APIError` subclasses for
+        the response. ``download=True`` (with ``stream=True``) sends it on a connection of its
+        own whose body may be read with ``response.extensions[READINTO]`` when present. Errors:
+        :class:`~dagster_together.client.errors.APIError` subclasses for
         HTTP errors, :class:`APIConnectionError` / :class:`APITimeoutError` for the network.
         """
         method = method.upper()
@@ -527,6 +551,7 @@ class Transport:
                 authenticate=authenticate,
                 stream=stream,
                 follow_redirects=follow_redirects,
+                download=download,
             )
             if isinstance(outcome, httpx.Response):
                 verdict = self._classify_answer(outcome, method, retry, retries, described)
