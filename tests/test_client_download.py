@@ -489,24 +489,24 @@ def test_log_lines_without_content_length(
 
 
 # -- the download connection ---------------------------------------------------------------------
-def _count_reads_into(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the downloads whose body was read into our buffer (not iterated through httpx)."""
+def _count_own_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the downloads whose body was read from our own connection (not through httpx)."""
     calls: list[int] = []
-    real = download._read_into
+    real = download._pieces
 
-    def counting(readinto: Any) -> Any:
+    def counting(read1: Any) -> Any:
         calls.append(1)
-        return real(readinto)
+        return real(read1)
 
-    monkeypatch.setattr(download, "_read_into", counting)
+    monkeypatch.setattr(download, "_pieces", counting)
     return calls
 
 
-def test_body_is_read_into_a_small_reused_buffer(
+def test_body_is_read_from_our_own_connection_in_pieces(
     client: TogetherClient, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(download, "READ_SIZE", 1000)  # many reads, a short last one
-    reads = _count_reads_into(monkeypatch)
+    reads = _count_own_reads(monkeypatch)
     data = random_jsonl(MiB + 7)
     file_id = emulator.add_file(data)
     result = client.files.retrieve_content(file_id, output=tmp_path / "o.jsonl")
@@ -521,7 +521,7 @@ def test_a_proxy_in_the_environment_keeps_downloads_on_httpx(
     # Our own connection does not speak to proxies: httpx does (here it bypasses it for loopback).
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    reads = _count_reads_into(monkeypatch)
+    reads = _count_own_reads(monkeypatch)
     data = random_jsonl(MiB)
     file_id = emulator.add_file(data)
     with fast_client(emulator, api_key, timeout=10, max_retries=1) as c:

@@ -2,9 +2,10 @@
 
 httpx's own HTTP/1.1 layer (httpcore over h11) copies every byte of a body several times in user
 space and reads it in 64 KiB pieces. A download's body needs none of that: this transport lets
-the caller read it straight into a buffer of its own (``http.client``'s ``readinto``: the kernel
-copies into it once), which takes the user-space CPU of a 1 GB download from about half a second
-to near nothing. Everything else stays httpx's: the client builds the request, runs the auth
+the caller take it in large pieces, each what one read of the socket returned (``http.client``'s
+``read1``: the kernel copies into it once, and a read cut by a timeout loses nothing that had
+arrived), which takes the user-space CPU of a 1 GB download from about half a second to near
+nothing. Everything else stays httpx's: the client builds the request, runs the auth
 flow (the key goes to the API only), follows redirects and classifies the answer; the body is
 also an ordinary httpx stream for anyone who iterates it.
 
@@ -22,10 +23,11 @@ from typing import Any
 
 import httpx
 
-__all__ = ["READINTO", "DownloadTransport", "env_proxies"]
+__all__ = ["READ1", "DownloadTransport", "env_proxies"]
 
-#: The response extension holding ``readinto(buffer) -> int`` (0 at the end of the body).
-READINTO = "dagster_together.readinto"
+#: The response extension holding ``read1(size) -> bytes``: at most ``size`` bytes of the body,
+#: from one read of the socket; ``b""`` at its end.
+READ1 = "dagster_together.read1"
 _PIECE = 64 * 1024  # for callers that iterate the body instead
 
 
@@ -41,9 +43,9 @@ class _Body(httpx.SyncByteStream):
         self._connection = connection
         self._answer = answer
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        """Fill ``buffer`` with the next bytes of the body; 0 once it has all been read."""
-        return int(_network(lambda: self._answer.readinto(buffer), reading=True))
+    def read1(self, size: int) -> bytes:
+        """At most ``size`` next bytes of the body (one read of the socket); ``b""`` at its end."""
+        return bytes(_network(lambda: self._answer.read1(size), reading=True))
 
     def __iter__(self) -> Iterator[bytes]:
         while piece := _network(lambda: self._answer.read(_PIECE), reading=True):
@@ -70,7 +72,7 @@ def _network(call: Callable[[], Any], *, reading: bool) -> Any:
 
 class DownloadTransport(httpx.BaseTransport):
     """Sends each request on a new ``http.client`` connection; the answer's body can be read
-    with ``response.extensions[READINTO]``.
+    with ``response.extensions[READ1]``.
 
     Args:
         verify: verify the server's TLS certificate (as httpx does: certifi's bundle, or
@@ -122,5 +124,5 @@ class DownloadTransport(httpx.BaseTransport):
             answer.status,
             headers=answer.getheaders(),
             stream=stream,
-            extensions={"http_version": b"HTTP/1.1", READINTO: stream.readinto},
+            extensions={"http_version": b"HTTP/1.1", READ1: stream.read1},
         )
