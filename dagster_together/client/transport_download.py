@@ -33,7 +33,7 @@ _PIECE = 64 * 1024  # for callers that iterate the body instead
 
 def env_proxies() -> bool:
     """Whether the environment configures a proxy (httpx honours it; this transport does not)."""
-    return bool(urllib.request.getproxies())
+    return any(scheme != "no" for scheme in urllib.request.getproxies())  # "no": NO_PROXY
 
 
 class _Body(httpx.SyncByteStream):
