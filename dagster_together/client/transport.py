@@ -331,10 +331,13 @@ class Transport:
         self._sleep: Callable[[float], None] = time.sleep  # seam for tests
         self._base_path = urlsplit(self.base_url).path
         self._http = self._client(http_transport)
-        # Downloads go over the standard library (their bodies read into our own buffer) unless
-        # the caller chose the transport, or the environment names a proxy that httpx would use.
-        self._downloads: httpx.Client | None = None
-        self._own_downloads = http_transport is None and not env_proxies()
+        # Downloads go over the standard library (their bodies taken in large pieces) unless the
+        # caller chose the transport, or the environment names a proxy that httpx would use.
+        self._downloads = self._http
+        if http_transport is None and not env_proxies():
+            self._downloads = self._client(
+                DownloadTransport(verify=self.settings.verify_tls, timeout=self.settings.timeout)
+            )
         _install_log_redaction()
 
     def _client(self, transport: httpx.BaseTransport | None) -> httpx.Client:
@@ -349,15 +352,6 @@ class Transport:
                 "Accept": "application/json",
             },
         )
-
-    def _download_client(self) -> httpx.Client:
-        if not self._own_downloads:
-            return self._http
-        if self._downloads is None:
-            self._downloads = self._client(
-                DownloadTransport(verify=self.settings.verify_tls, timeout=self.settings.timeout)
-            )
-        return self._downloads
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r}, api_key='**********')"
@@ -376,8 +370,7 @@ class Transport:
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
-        if self._downloads is not None:
-            self._downloads.close()
+        self._downloads.close()
 
     def scrub(self, text: str) -> str:
         """``text`` with the API key masked (for anything built from server-provided strings)."""
@@ -500,7 +493,7 @@ class Transport:
         download: bool,
     ) -> httpx.Response | httpx.TransportError:
         """One attempt: the answer, or the network error that stopped it."""
-        http = self._download_client() if download else self._http
+        http = self._downloads if download else self._http
         body = content() if callable(content) else content
         request = http.build_request(method, path, json=json, content=body, headers=headers)
         try:
@@ -534,7 +527,7 @@ class Transport:
         ``authenticate=False``). ``content`` may be a callable returning a fresh iterable for each
         attempt, so a streamed upload can be re-sent. With ``stream=True`` the caller must close
         the response. ``download=True`` (with ``stream=True``) sends it on a connection of its
-        own whose body may be read with ``response.extensions[READINTO]`` when present. Errors:
+        own whose body may be read with ``response.extensions[READ1]`` when present. Errors:
         :class:`~dagster_together.client.errors.APIError` subclasses for
         HTTP errors, :class:`APIConnectionError` / :class:`APITimeoutError` for the network.
         """
