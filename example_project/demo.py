@@ -337,6 +337,7 @@ def _run(
     if reported is not None and "together/cost_usd" in reported.metadata:
         cost = reported.metadata["together/cost_usd"].value
         say(f"   real cost (from the usage Together reported): ${cost:.4f}")
+    _counts_downstream(defs, instance, say, run_config)
     _typed_answers(pipeline, instance, say, run_config)
     say(f"results: {final_location}")
     return DemoResult(
@@ -349,6 +350,25 @@ def _run(
         submission_id=submission_id,
         n_sent=n_sent,
         n_cached=n_cached,
+    )
+
+
+def _counts_downstream(
+    defs: dg.Definitions, instance: dg.DagsterInstance, say: _Printer, run_config: Any
+) -> None:
+    """Materialise ``sentiment_counts``, downstream of the final table, as a user would."""
+    run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey("sentiment_counts")],
+        run_config=run_config,
+        raise_on_error=False,
+    )
+    if not run.success:
+        raise DemoError(f"The sentiment_counts run {run.run_id} failed: {_failure(run)}")
+    counts = run.output_for_node("sentiment_counts")
+    say(
+        "   downstream, sentiment_counts (the latest final table): "
+        + ", ".join(f"{answer} {n}" for answer, n in sorted(counts.items()))
     )
 
 

@@ -129,17 +129,23 @@ class ReviewsTranslator(DagsterTogetherTranslator):
     def get_results_spec(self, props: TogetherBatchProps) -> dg.AssetSpec:
         return super().get_results_spec(props).replace_attributes(group_name="reviews")
 
+    def get_final_spec(self, props: TogetherBatchProps) -> dg.AssetSpec:
+        return super().get_final_spec(props).replace_attributes(group_name="reviews")
+
 
 @dg.asset(
     group_name="reviews",
     kinds={"python"},
-    description="Reviews per sentiment, over every batch of reviews_results.",
+    description="Reviews per sentiment, in the latest submission's final table.",
+    # The final table has one partition per submission (every follow-up and cached answer
+    # folded in); counting the latest one counts each review once.
+    ins={"reviews_final": dg.AssetIn(partition_mapping=dg.LastPartitionMapping())},
 )
-def sentiment_counts(reviews_results: Any) -> dict[str, int]:
-    """Downstream of the results: the table arrives through the pipeline's loader (pyarrow)."""
+def sentiment_counts(reviews_final: Any) -> dict[str, int]:
+    """Downstream of the final table: it arrives through the pipeline's loader (pyarrow)."""
     from collections import Counter
 
-    answers = (str(a or "").strip().lower() for a in reviews_results.column("content").to_pylist())
+    answers = (str(a or "").strip().lower() for a in reviews_final.column("content").to_pylist())
     return dict(Counter(answers))
 
 

@@ -7,6 +7,7 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -146,6 +147,9 @@ def test_demo_end_to_end_through_the_sensor_and_again(
     assert len(created) == 2  # one per pipeline, on the first run only
     # The second pipeline's typed fields, printed with their Python types (cached this time).
     assert "severity=" in out.getvalue() and "(int)" in out.getvalue()
+    # Downstream of the final table, the latest submission only: each review counted once.
+    [counts] = [line for line in out.getvalue().splitlines() if "sentiment_counts" in line]
+    assert sum(int(n) for n in re.findall(r" (\d+)", counts.split(":", 1)[1])) == N_REVIEWS
 
 
 ENSURE_SCRIPT = """
