@@ -153,6 +153,7 @@ def submit_prompts(
         # 1. Build, validate, look up and estimate everything before the first byte goes out.
         try:
             keys = _Keys(endpoint)
+            sent_rows = _RequestRows()
             paid_by: dict[str, str] = {}  # content key -> the batch that answered it before
             key_column = None
             if resubmit.use_answer_cache:
@@ -166,6 +167,7 @@ def submit_prompts(
 
             def observe(request: Any) -> None:
                 estimate.add(request)
+                sent_rows.add(request)
                 if not resubmit.use_answer_cache:
                     keys.add(request)
 
@@ -241,6 +243,7 @@ def submit_prompts(
                 completion_window=batching.completion_window,
                 record=lambda batch_id, n: BatchRecord(submission_id, batch_id, 1, None, n),
                 on_batch=on_batch,
+                request_rows=sent_rows.table(),
             )
         )
     return submission
@@ -258,10 +261,15 @@ def create_batches(
     completion_window: str,
     record: Callable[[str, int], BatchRecord],
     on_batch: Callable[[str], None] | None,
+    request_rows: Any = None,
 ) -> list[SubmittedBatch]:
     """Upload each chunk, create its batch (or reuse the one an earlier attempt created for the
-    same bytes), store its inputs (request file, the user's columns, content keys) and its
-    record, then ``on_batch(batch_id)``. ``columns`` and ``keys`` line up with the chunks."""
+    same bytes), store its inputs (request file, the user's columns, content keys, and with
+    ``request_rows`` the join's inputs table) and its record, then ``on_batch(batch_id)``.
+    ``columns``, ``keys`` and ``request_rows`` (``custom_id``, ``request_model``, ``prompt``)
+    line up with the chunks."""
+    from dagster_together.results.inputs import request_rows_table
+
     # Upload. A chunk uploaded before gets back the same file id (checksum match).
     uploaded = [
         # Validated and hashed by write_request_chunks with the same rules: no re-read.
@@ -303,6 +311,15 @@ def create_batches(
                 layout.keys_parquet(job.id),
                 layout.storage_options,
             )
+            if request_rows is not None:  # the results join reads it instead of the JSONL
+                publish_parquet(
+                    request_rows_table(
+                        request_rows.slice(offset, chunk.n_requests),
+                        columns.slice(offset, chunk.n_requests),
+                    ),
+                    layout.request_rows_parquet(job.id),
+                    layout.storage_options,
+                )
             submissions.record(record(job.id, chunk.n_requests))
         except Exception as exc:
             # The batch is paid for: record it anyway, so that nothing watches nothing.
@@ -332,6 +349,56 @@ def create_batches(
             )
         )
     return batches
+
+
+class _RequestRows:
+    """``custom_id``, ``request_model`` and ``prompt`` of every request sent, in order, as the
+    join derives them from a request file (:func:`~dagster_together.results.inputs.request_prompt`),
+    kept as Arrow blocks."""
+
+    _BLOCK = 10_000
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._models: list[str | None] = []
+        self._prompts: list[str | None] = []
+        self._blocks: list[Any] = []  # pyarrow tables
+
+    def add(self, request: Any) -> None:
+        from dagster_together.results.inputs import request_prompt
+
+        body = request.get("body")
+        model = body.get("model") if isinstance(body, dict) else None
+        self._ids.append(str(request.get("custom_id")))
+        self._models.append(model if isinstance(model, str) else None)
+        self._prompts.append(request_prompt(body))
+        if len(self._ids) >= self._BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._ids:
+            self._blocks.append(
+                pa.table(
+                    {
+                        "custom_id": pa.array(self._ids, pa.string()),
+                        "request_model": pa.array(self._models, pa.string()),
+                        "prompt": pa.array(self._prompts, pa.string()),
+                    }
+                )
+            )
+            self._ids, self._models, self._prompts = [], [], []
+
+    def table(self) -> Any:
+        """Every request added, as one pyarrow table."""
+        import pyarrow as pa
+
+        self._flush()
+        schema = pa.schema(
+            [("custom_id", pa.string()), ("request_model", pa.string()), ("prompt", pa.string())]
+        )
+        return pa.concat_tables(self._blocks) if self._blocks else schema.empty_table()
 
 
 class _Keys:
@@ -561,11 +628,13 @@ def follow_up(
         )
         return []
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
+        sent_rows = _RequestRows()
         chunks = write_request_chunks(
             _request_lines(layout, record.batch_id, retry),
             tmp,
             prefix=f"retry-{record.attempt + 1}",
             endpoint=endpoint,
+            observe=sent_rows.add,
         )
         wanted = pa.array(sorted(retry), pa.string())
 
@@ -594,6 +663,7 @@ def follow_up(
                 record.submission_id, batch_id, record.attempt + 1, record.batch_id, n
             ),
             on_batch=on_batch,
+            request_rows=sent_rows.table(),
         )
     for batch in batches:
         context.log.info(

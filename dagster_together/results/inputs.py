@@ -50,6 +50,42 @@ completions prompt. The raw request lines are not copied: they stay in the input
 results asset keeps it beside the results), one line per ``custom_id``."""
 
 
+def request_prompt(body: Any) -> str | None:
+    """The ``prompt`` input column of one request body, as the join derives it from a request
+    JSONL: the last user message's text, else the audio's ``file``, else the completions
+    ``prompt`` (None when there is none)."""
+    body = body if isinstance(body, dict) else {}
+    prompt = _last_user_text(body.get("messages"))
+    if prompt is None:
+        audio = body.get("file")
+        prompt = audio if isinstance(audio, str) else _text(body.get("prompt"))
+    return prompt
+
+
+def request_rows_table(requests: pa.Table, columns: pa.Table | None = None) -> pa.Table:
+    """The inputs table the join would make from a request JSONL plus ``input_columns``.
+
+    ``requests`` holds ``custom_id`` and :data:`REQUEST_COLUMNS` in request order; ``columns``
+    (``custom_id`` plus the user's columns) lines up with it row for row. The user's columns
+    follow, renamed as the join renames them (``input_prompt``...), so that giving the result as
+    ``inputs=`` yields the same results table without parsing any request JSON.
+    """
+    import pyarrow as pa
+
+    names = ["custom_id", *REQUEST_COLUMNS]
+    arrays = [requests.column(name) for name in names]
+    if columns is not None:
+        if columns.num_rows != requests.num_rows or not columns.column("custom_id").equals(
+            requests.column("custom_id")
+        ):
+            raise ValueError("request_rows_table: the columns do not line up with the requests.")
+        for name in columns.column_names:
+            if name != "custom_id":
+                arrays.append(columns.column(name))
+                names.append(_free_name(name, names))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
 def _last_user_text(messages: Any) -> str | None:
     if not isinstance(messages, list):
         return None
@@ -228,6 +264,9 @@ def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
         raise InvalidRequestFileError(
             f"inputs: mixes Parquet ({parquet[0]}) and JSONL ({jsonl[0]}); give one kind."
         )
+    if len(parquet) == 1:
+        _parquet_file(ins, parquet[0], opts, spill_dir)
+        return ins
     if parquet:
         tables = [_load_table(p, opts) for p in parquet]
         _user_table(ins, pa.concat_tables(tables, promote_options="default"), parquet[0])
@@ -255,6 +294,41 @@ def _user_table(ins: _Inputs, table: pa.Table, where: str) -> None:
             names.append(_free_name(name, names))
             columns.append(table.column(name))
     ins.table = pa.Table.from_arrays(columns, names=names)
+
+
+def _parquet_file(ins: _Inputs, location: str, opts: dict[str, Any], spill_dir: str) -> None:
+    """Inputs given as one Parquet file (e.g. the submit's ``request_rows.parquet``): read a
+    row group at a time and spilled like request JSONL, so that only the ids stay in memory."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(location, opts)
+    with fs.open(path, "rb") as handle:
+        reader = pq.ParquetFile(handle)
+        schema = reader.schema_arrow
+        if "custom_id" not in schema.names:
+            raise InvalidRequestFileError(
+                f"{location}: has no 'custom_id' column (columns: {schema.names}); the inputs "
+                "need the ids the requests were sent with."
+            )
+        names = ["custom_id"]
+        for name in schema.names:
+            if name != "custom_id":
+                names.append(_free_name(name, names))
+        order = ["custom_id", *(n for n in schema.names if n != "custom_id")]
+        types = [pa.string(), *(schema.field(n).type for n in order[1:])]
+        spill_schema = pa.schema(list(zip(names, types, strict=True)))
+        ins.spill = os.path.join(spill_dir, "inputs.arrows")
+        ids = []
+        with ipc.new_stream(ins.spill, spill_schema) as writer:
+            for batch in reader.iter_batches(batch_size=4096, columns=order):
+                columns = batch.columns
+                if columns[0].type != pa.string():
+                    columns = [columns[0].cast(pa.string()), *columns[1:]]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=spill_schema))
+                ids.append(columns[0])
+    ins.index_ids(ids, location)
 
 
 def _request_schema() -> pa.Schema:
@@ -397,10 +471,7 @@ def _request_block_slow(block: _Block, location: str) -> pa.Table:
         body = obj.get("body")
         body = body if isinstance(body, dict) else {}
         model = body.get("model")
-        prompt = _last_user_text(body.get("messages"))
-        if prompt is None:
-            audio = body.get("file")
-            prompt = audio if isinstance(audio, str) else _text(body.get("prompt"))
+        prompt = request_prompt(body)
         ids.append(custom_id)
         models.append(model if isinstance(model, str) else None)
         prompts.append(prompt)
