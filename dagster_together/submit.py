@@ -18,6 +18,7 @@ import dagster as dg
 from dagster_together.answers import AnswerStore, request_key
 from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.options import BatchingOptions, ResubmitOptions
+from dagster_together.requests.rows import RequestRows
 from dagster_together.storage import BatchStorageLayout, publish_parquet
 from dagster_together.submissions import (
     BatchRecord,
@@ -153,7 +154,7 @@ def submit_prompts(
         # 1. Build, validate, look up and estimate everything before the first byte goes out.
         try:
             keys = _Keys(endpoint)
-            sent_rows = _RequestRows()
+            sent_rows = RequestRows()
             paid_by: dict[str, str] = {}  # content key -> the batch that answered it before
             key_column = None
             if resubmit.use_answer_cache:
@@ -349,56 +350,6 @@ def create_batches(
             )
         )
     return batches
-
-
-class _RequestRows:
-    """``custom_id``, ``request_model`` and ``prompt`` of every request sent, in order, as the
-    join derives them from a request file (:func:`~dagster_together.results.inputs.request_prompt`),
-    kept as Arrow blocks."""
-
-    _BLOCK = 10_000
-
-    def __init__(self) -> None:
-        self._ids: list[str] = []
-        self._models: list[str | None] = []
-        self._prompts: list[str | None] = []
-        self._blocks: list[Any] = []  # pyarrow tables
-
-    def add(self, request: Any) -> None:
-        from dagster_together.results.inputs import request_prompt
-
-        body = request.get("body")
-        model = body.get("model") if isinstance(body, dict) else None
-        self._ids.append(str(request.get("custom_id")))
-        self._models.append(model if isinstance(model, str) else None)
-        self._prompts.append(request_prompt(body))
-        if len(self._ids) >= self._BLOCK:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-
-        if self._ids:
-            self._blocks.append(
-                pa.table(
-                    {
-                        "custom_id": pa.array(self._ids, pa.string()),
-                        "request_model": pa.array(self._models, pa.string()),
-                        "prompt": pa.array(self._prompts, pa.string()),
-                    }
-                )
-            )
-            self._ids, self._models, self._prompts = [], [], []
-
-    def table(self) -> Any:
-        """Every request added, as one pyarrow table."""
-        import pyarrow as pa
-
-        self._flush()
-        schema = pa.schema(
-            [("custom_id", pa.string()), ("request_model", pa.string()), ("prompt", pa.string())]
-        )
-        return pa.concat_tables(self._blocks) if self._blocks else schema.empty_table()
 
 
 class _Keys:
@@ -628,7 +579,7 @@ def follow_up(
         )
         return []
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
-        sent_rows = _RequestRows()
+        sent_rows = RequestRows()
         chunks = write_request_chunks(
             _request_lines(layout, record.batch_id, retry),
             tmp,

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dagster_together.requests.rows import RequestRows
 from dagster_together.results import join_results
-from dagster_together.results.inputs import request_prompt, request_rows_table
+from dagster_together.results.inputs import request_rows_table
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 
@@ -92,16 +93,10 @@ def test_request_rows_give_the_same_table_as_the_request_file(
         destination=tmp_path / "a.parquet",
     )
 
-    def model(body: dict[str, Any]) -> Any:
-        return body.get("model")
-
-    rows = pa.table(
-        {
-            "custom_id": ids,
-            "request_model": pa.array([model(r["body"]) for r in requests], pa.string()),
-            "prompt": pa.array([request_prompt(r["body"]) for r in requests], pa.string()),
-        }
-    )
+    built = RequestRows()  # as the submit collects them
+    for r in requests:
+        built.add(r)
+    rows = built.table()
     pq.write_table(request_rows_table(rows, columns), tmp_path / "request_rows.parquet")
     from_rows = join_results(
         inputs=str(tmp_path / "request_rows.parquet"),
