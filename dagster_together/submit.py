@@ -18,7 +18,7 @@ import dagster as dg
 from dagster_together.answers import AnswerStore, request_key
 from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.options import BatchingOptions, ResubmitOptions
-from dagster_together.requests.rows import RequestRows
+from dagster_together.requests.rows import RequestRows, write_request_rows
 from dagster_together.storage import BatchStorageLayout, publish_parquet
 from dagster_together.submissions import (
     BatchRecord,
@@ -269,7 +269,6 @@ def create_batches(
     ``request_rows`` the join's inputs table) and its record, then ``on_batch(batch_id)``.
     ``columns``, ``keys`` and ``request_rows`` (``custom_id``, ``request_model``, ``prompt``)
     line up with the chunks."""
-    from dagster_together.results.inputs import request_rows_table
 
     # Upload. A chunk uploaded before gets back the same file id (checksum match).
     uploaded = [
@@ -313,11 +312,9 @@ def create_batches(
                 layout.storage_options,
             )
             if request_rows is not None:  # the results join reads it instead of the JSONL
-                publish_parquet(
-                    request_rows_table(
-                        request_rows.slice(offset, chunk.n_requests),
-                        columns.slice(offset, chunk.n_requests),
-                    ),
+                write_request_rows(
+                    request_rows.slice(offset, chunk.n_requests),
+                    columns.slice(offset, chunk.n_requests),
                     layout.request_rows_parquet(job.id),
                     layout.storage_options,
                 )

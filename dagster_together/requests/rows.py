@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+ROW_GROUP_ROWS = 8192
+"""Rows per row group of ``request_rows.parquet``: the join reads it a row group at a time."""
 
 
 class RequestRows:
@@ -55,3 +59,23 @@ class RequestRows:
             [("custom_id", pa.string()), ("request_model", pa.string()), ("prompt", pa.string())]
         )
         return pa.concat_tables(self._blocks) if self._blocks else schema.empty_table()
+
+
+def write_request_rows(
+    rows: Any,
+    columns: Any,
+    location: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Publish one batch's ``request_rows.parquet`` at ``location``: ``rows`` (a table from
+    :meth:`RequestRows.table`) with the user's ``columns`` (``custom_id`` first, lined up with
+    ``rows``; None for none), named as the join names them."""
+    from dagster_together.results.inputs import request_rows_table
+    from dagster_together.storage import publish_parquet
+
+    publish_parquet(
+        request_rows_table(rows, columns),
+        location,
+        storage_options,
+        row_group_size=ROW_GROUP_ROWS,
+    )
