@@ -477,39 +477,84 @@ def input_columns_table(
     """
     import pyarrow as pa
 
-    table_source = _Source(source, storage_options)
-    if table_source.jsonl is not None:
-        rows = [row for _, row in table_source.rows([])]
-        table = pa.Table.from_pylist(rows)
-    elif isinstance(table_source.arrow, tuple):
-        import pyarrow.parquet as pq
+    names, parts = input_columns_batches(
+        source, id_column=id_column, columns=columns, storage_options=storage_options
+    )
+    tables = list(parts)
+    if not tables:
+        return pa.table({name: pa.array([], pa.string()) for name in names})
+    return pa.concat_tables(tables)
 
-        fs, path = table_source.arrow
-        table = pq.read_table(path, filesystem=fs)
+
+def input_columns_batches(
+    source: Any,
+    *,
+    id_column: str | None = None,
+    columns: Iterable[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[list[str], Iterator[pa.Table]]:
+    """:func:`input_columns_table` a slice at a time, so that a million rows are never in memory
+    at once: a Parquet source is read a batch at a time (a JSONL one whole).
+
+    Returns:
+        The column names (``custom_id`` first), checked before anything is read, and the slices
+        in order.
+    """
+    import pyarrow as pa
+
+    table_source = _Source(source, storage_options)
+    table: Any = None
+    if table_source.jsonl is not None:
+        table = pa.Table.from_pylist([row for _, row in table_source.rows([])])
+        names = table.column_names
     else:
-        table = table_source.arrow
+        names = table_source.column_names() or []
+        if not isinstance(table_source.arrow, tuple):
+            table = table_source.arrow
     key = id_column or "custom_id"
-    if key not in table.column_names:
+    if key not in names:
         raise InvalidRequestFileError(
-            f"{table_source.name}: has no column {key!r} (columns: {table.column_names})."
+            f"{table_source.name}: has no column {key!r} (columns: {names})."
         )
-    keep = list(columns) if columns is not None else [c for c in table.column_names if c != "body"]
-    missing = [c for c in keep if c not in table.column_names]
+    keep = list(columns) if columns is not None else [c for c in names if c != "body"]
+    missing = [c for c in keep if c not in names]
     if missing:
         raise InvalidRequestFileError(f"{table_source.name}: has no column {missing[0]!r}.")
-    column = table.column(key)
-    if pa.types.is_string(column.type) or pa.types.is_integer(column.type):
-        # The same text as _id_text, without a Python object per row.
-        ids = column.cast(pa.string()).combine_chunks()
-    else:
-        ids = pa.array([_id_text(v) for v in column.to_pylist()], pa.string())
-    if ids.null_count:
-        raise InvalidRequestFileError(
-            f"{table_source.name}: the id column {key!r} has {ids.null_count} null value(s); "
-            "every row needs an id."
-        )
     keep = [c for c in keep if c != "custom_id"]
-    return pa.Table.from_arrays([ids, *(table.column(c) for c in keep)], names=["custom_id", *keep])
+    read = list(dict.fromkeys([key, *keep]))
+    if table is not None:
+        table = table.select(read)
+        # An empty table stays one (empty) slice, so that its columns keep their types.
+        parts: Iterator[Any] = iter(
+            table.to_batches(max_chunksize=_COLUMN_ROWS) if table.num_rows else [table]
+        )
+    else:
+        fs, path = table_source.arrow
+        parts = _parquet_batches(fs, path, read)
+    return ["custom_id", *keep], _keyed(parts, key, keep, table_source.name)
+
+
+_COLUMN_ROWS = 65_536  # rows per slice of input_columns_batches from an in-memory table
+
+
+def _keyed(parts: Iterator[Any], key: str, keep: list[str], name: str) -> Iterator[pa.Table]:
+    import pyarrow as pa
+
+    for part in parts:
+        column = part.column(key)
+        if pa.types.is_string(column.type) or pa.types.is_integer(column.type):
+            # The same text as _id_text, without a Python object per row.
+            ids = column.cast(pa.string())
+        else:
+            ids = pa.array([_id_text(v) for v in column.to_pylist()], pa.string())
+        if ids.null_count:
+            raise InvalidRequestFileError(
+                f"{name}: the id column {key!r} has {ids.null_count} null value(s); "
+                "every row needs an id."
+            )
+        yield pa.Table.from_arrays(
+            [ids, *(part.column(c) for c in keep)], names=["custom_id", *keep]
+        )
 
 
 def write_input_columns(

@@ -103,7 +103,8 @@ class _Inputs:
         self.sorted_ids: Any = None  # pa.Array of string, ascending
         self.order: Any = None  # input position of each sorted id (uint32)
         self.table: Any = None  # an in-memory table of input columns, or
-        self.spill: str | None = None  # an IPC stream file of them
+        self.spill: str | None = None  # an IPC stream file of them, or
+        self.parquet: tuple[Any, str] | None = None  # (filesystem, path) of a Parquet file
         self.extra: Any = None  # input_columns aligned to the inputs (in memory)
         self.request_columns = False
 
@@ -181,16 +182,25 @@ class _Inputs:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
+        opened: list[_ParquetColumns] = []
         if self.table is not None:
             parts: Iterator[pa.Table] = (self.table.slice(lo, hi - lo) for lo, hi in bounds)
+        elif self.parquet is not None:
+            columns = _ParquetColumns(*self.parquet)
+            parts = _stream_slices(columns, bounds)
+            opened.append(columns)
         else:
             parts = _stream_slices(ipc.open_stream(pa.OSFile(self.spill)), bounds)
-        for (lo, hi), part in zip(bounds, parts, strict=True):
-            if self.extra is not None:
-                extra = self.extra.slice(lo, hi - lo)
-                for name in extra.column_names:
-                    part = part.append_column(_free_name(name, part.column_names), extra[name])
-            yield part
+        try:
+            for (lo, hi), part in zip(bounds, parts, strict=True):
+                if self.extra is not None:
+                    extra = self.extra.slice(lo, hi - lo)
+                    for name in extra.column_names:
+                        part = part.append_column(_free_name(name, part.column_names), extra[name])
+                yield part
+        finally:
+            for reader in opened:
+                reader.close()
 
 
 def _stream_slices(reader: Any, bounds: list[tuple[int, int]]) -> Iterator[pa.Table]:
@@ -265,7 +275,7 @@ def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
             f"inputs: mixes Parquet ({parquet[0]}) and JSONL ({jsonl[0]}); give one kind."
         )
     if len(parquet) == 1:
-        _parquet_file(ins, parquet[0], opts, spill_dir)
+        _parquet_file(ins, parquet[0], opts)
         return ins
     if parquet:
         tables = [_load_table(p, opts) for p in parquet]
@@ -296,39 +306,55 @@ def _user_table(ins: _Inputs, table: pa.Table, where: str) -> None:
     ins.table = pa.Table.from_arrays(columns, names=names)
 
 
-def _parquet_file(ins: _Inputs, location: str, opts: dict[str, Any], spill_dir: str) -> None:
-    """Inputs given as one Parquet file (e.g. the submit's ``request_rows.parquet``): read a
-    row group at a time and spilled like request JSONL, so that only the ids stay in memory."""
-    import pyarrow as pa
-    import pyarrow.ipc as ipc
+def _parquet_file(ins: _Inputs, location: str, opts: dict[str, Any]) -> None:
+    """Inputs given as one Parquet file (e.g. the submit's ``request_rows.parquet``): only the
+    ids are read now; the columns are read again, a row group at a time, as they are written."""
     import pyarrow.parquet as pq
 
     fs, path = filesystem(location, opts)
     with fs.open(path, "rb") as handle:
         reader = pq.ParquetFile(handle)
-        schema = reader.schema_arrow
-        if "custom_id" not in schema.names:
+        names = reader.schema_arrow.names
+        if "custom_id" not in names:
             raise InvalidRequestFileError(
-                f"{location}: has no 'custom_id' column (columns: {schema.names}); the inputs "
+                f"{location}: has no 'custom_id' column (columns: {names}); the inputs "
                 "need the ids the requests were sent with."
             )
-        names = ["custom_id"]
-        for name in schema.names:
-            if name != "custom_id":
-                names.append(_free_name(name, names))
-        order = ["custom_id", *(n for n in schema.names if n != "custom_id")]
-        types = [pa.string(), *(schema.field(n).type for n in order[1:])]
-        spill_schema = pa.schema(list(zip(names, types, strict=True)))
-        ins.spill = os.path.join(spill_dir, "inputs.arrows")
-        ids = []
-        with ipc.new_stream(ins.spill, spill_schema) as writer:
-            for batch in reader.iter_batches(batch_size=4096, columns=order):
-                columns = batch.columns
-                if columns[0].type != pa.string():
-                    columns = [columns[0].cast(pa.string()), *columns[1:]]
-                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=spill_schema))
-                ids.append(columns[0])
+        ids = [b.column(0) for b in reader.iter_batches(batch_size=65_536, columns=["custom_id"])]
+    ins.parquet = (fs, path)
     ins.index_ids(ids, location)
+
+
+class _ParquetColumns:
+    """The inputs' columns from their Parquet file, renamed as the join names them, read a
+    batch at a time (``read_next_batch``, like an IPC stream reader)."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._handle = fs.open(path, "rb")
+        reader = pq.ParquetFile(self._handle)
+        arrow = reader.schema_arrow
+        order = ["custom_id", *(n for n in arrow.names if n != "custom_id")]
+        names = ["custom_id"]
+        for name in order[1:]:
+            names.append(_free_name(name, names))
+        types = [pa.string(), *(arrow.field(n).type for n in order[1:])]
+        self.schema = pa.schema(list(zip(names, types, strict=True)))
+        self._batches = reader.iter_batches(batch_size=4096, columns=order)
+
+    def read_next_batch(self) -> pa.RecordBatch:
+        import pyarrow as pa
+
+        batch = next(self._batches)
+        columns = batch.columns
+        if columns[0].type != pa.string():
+            columns = [columns[0].cast(pa.string()), *columns[1:]]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def _request_schema() -> pa.Schema:
