@@ -20,6 +20,7 @@ from dagster_together.answers import AnswerStore, request_key
 from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.options import BatchingOptions, ResubmitOptions
 from dagster_together.requests.rows import RequestRows, RowStream, write_request_rows
+from dagster_together.results.blocks import give_back_memory
 from dagster_together.storage import BatchStorageLayout, publish_parquet
 from dagster_together.submissions import (
     BatchRecord,
@@ -165,6 +166,7 @@ def submit_prompts(
                 paid_by = dict(
                     zip(hits["key"].to_pylist(), hits["batch_id"].to_pylist(), strict=True)
                 )
+                give_back_memory()  # each pass over the prompts frees what it read
             cached_ids = keys.ids_of(paid_by)
 
             def observe(request: Any) -> None:
@@ -183,6 +185,7 @@ def submit_prompts(
                 observe=observe,
                 exclude=cached_ids,
             )
+            give_back_memory()
             n_rows = keys.count
 
             # The user's columns, a slice at a time: a million rows are never held at once.
@@ -225,6 +228,7 @@ def submit_prompts(
             submission_id,
             _with_keys(user_columns()[1], key_column, _paid_by_column(key_column, paid_by)),
         )
+        give_back_memory()
         if not chunks:
             return submission
         _log_estimate(context, submission, cost)

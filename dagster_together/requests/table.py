@@ -56,10 +56,8 @@ class _Source:
         if self.jsonl is not None:
             return None
         if isinstance(self.arrow, tuple):
-            import pyarrow.parquet as pq
-
             fs, path = self.arrow
-            return list(pq.ParquetDataset(path, filesystem=fs).schema.names)
+            return list(_parquet_schema(fs, path).names)
         return list(self.arrow.column_names)
 
     def rows(self, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -96,10 +94,12 @@ class _Source:
         if self.jsonl is not None:
             return False
         if isinstance(self.arrow, tuple):
-            import pyarrow.parquet as pq
-
             fs, path = self.arrow
-            ids = pq.read_table(path, columns=[column], filesystem=fs).column(column)
+            # A batch at a time, on this thread: a threaded read_table holds far more.
+            ids = pa.chunked_array(
+                [b.column(0) for b in _parquet_batches(fs, path, [column])],
+                _parquet_schema(fs, path).field(column).type,
+            )
         else:
             ids = self.arrow.column(column)
         typ = ids.type
@@ -107,7 +107,13 @@ class _Source:
             pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)
         ):
             return False
-        return ids.null_count == 0 and pc.count_distinct(ids).as_py() == len(ids)
+        if ids.null_count or len(ids) < 2:
+            return ids.null_count == 0
+        # Sorted neighbours, not count_distinct: its hash table of a million strings takes
+        # about twice the memory.
+        ids = ids.combine_chunks()
+        ids = ids.take(pc.sort_indices(ids))
+        return not pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
 
     def _jsonl_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         import fsspec
@@ -143,7 +149,15 @@ def _parquet_batches(fs: Any, path: str, columns: list[str]) -> Iterator[Any]:
         files = sorted(p for p in fs.find(path) if p.endswith(_PARQUET_SUFFIXES))
     for file in files:
         with fs.open(file, "rb") as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=10_000, columns=columns)
+            yield from pq.ParquetFile(handle).iter_batches(
+                batch_size=10_000, columns=columns, use_threads=False
+            )
+
+
+def _parquet_schema(fs: Any, path: str) -> Any:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetDataset(path, filesystem=fs).schema
 
 
 def sniff_format(fs: Any, path: str) -> str:
