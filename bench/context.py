@@ -35,6 +35,7 @@ class Sizes:
     cache_store_n: int  # answers in the answer store
     cache_lookup_n: int  # requests looked up in it (half of them answered there)
     final_n: int  # rows of the final table assembled from its batches
+    final_flat_n: int  # the smaller size its peak RSS must stay flat from
     submit_n: int  # prompts whose request files are built (the submit row)
     scale_prompts: tuple[int, int]  # prompts submitted at once, small then full (memory flat)
     scale_per_batch: int  # requests per batch of that submit
@@ -57,6 +58,7 @@ FULL = Sizes(
     cache_store_n=10_000_000,
     cache_lookup_n=1_000_000,
     final_n=1_000_000,
+    final_flat_n=100_000,
     submit_n=1_000_000,
     scale_prompts=(200_000, 1_000_000),
     scale_per_batch=50_000,
@@ -79,6 +81,7 @@ QUICK = Sizes(
     cache_store_n=200_000,
     cache_lookup_n=50_000,
     final_n=50_000,
+    final_flat_n=10_000,
     submit_n=100_000,
     scale_prompts=(10_000, 50_000),
     scale_per_batch=2_500,

@@ -8,6 +8,8 @@ see the same machine load; the best of ``repeats`` runs of each is compared.
 from __future__ import annotations
 
 import os
+import resource
+import statistics
 from typing import Any
 
 from bench import data
@@ -82,15 +84,22 @@ def task_upload(
 
 
 # -- figures -------------------------------------------------------------------------------------
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _curl(*args: str) -> dict[str, float]:
     """curl with ``args``: its own ``time_total`` (connect to last byte) as ``seconds``, the
-    process's wall time and its peak RSS. Figures compare with ``time_total``: our side is timed
-    around the call in a warm process, so curl's start and exit (10-50 ms here) must not count
-    against curl."""
+    process's wall time, CPU seconds (its whole life) and peak RSS. Figures compare with
+    ``time_total``: our side is timed around the call in a warm process, so curl's start and
+    exit (10-50 ms here) must not count against curl."""
+    cpu = _children_cpu_seconds()  # curl is the only child reaped in between
     result = run_command(["curl", "-sS", "-f", "-w", "%{stderr}%{time_total}\n", *args])
     return {
         "seconds": float(result.stderr.strip().splitlines()[-1]),
         "process_seconds": result.seconds,
+        "cpu_seconds": _children_cpu_seconds() - cpu,
         "max_rss": result.max_rss,
     }
 
@@ -108,14 +117,17 @@ def _throughput_row(
     best_ref: float,
     reference: str,
     values: dict[str, Any],
+    cpu: tuple[float, float] | None = None,
 ) -> Row:
-    """Our throughput beside the reference's (``reference`` names it); target >= 0.8x."""
+    """Our throughput beside the reference's (``reference`` names it); target >= 0.8x.
+    ``cpu``: (ours, the reference's) CPU seconds, shown beside."""
     ratio = best_ref / best_ours
+    ours_cpu, ref_cpu = (f", {c:.2f} CPU-s" for c in cpu) if cpu else ("", "")
     return Row(
         name=name,
         figure=figure,
-        ours=rate(size / best_ours),
-        reference=f"{rate(size / best_ref)} ({reference})",
+        ours=f"{rate(size / best_ours)}{ours_cpu}",
+        reference=f"{rate(size / best_ref)} ({reference}{ref_cpu})",
         ratio=times(ratio),
         target=">= 0.8x",
         passed=ratio >= 0.8,
@@ -151,11 +163,13 @@ def _retrieve_rows(
     reference_rss: str,
     limit_mb: int,
     values: dict[str, Any],
+    cpu: tuple[float, float] | None = None,
 ) -> list[Row]:
-    """A retrieve_content figure's two rows: throughput and our peak RSS."""
+    """A retrieve_content figure's two rows: throughput (and CPU seconds) and our peak RSS."""
     label = f"retrieve_content, {size / 1e9:.1f} GB to {where}"
+    throughput = f"{label}: throughput"
     return [
-        _throughput_row(name, f"{label}: throughput", size, best_ours, best_ref, reference, values),
+        _throughput_row(name, throughput, size, best_ours, best_ref, reference, values, cpu),
         _peak_rss_row(
             f"{name}_rss",
             f"{label}: peak RSS",
@@ -190,11 +204,17 @@ def retrieve_local(ctx: Context) -> list[Row]:
     best_ref = min(r["seconds"] for r in ref)
     ratio = best_ref / best_ours  # throughput ratio
     peak = max(int(r["peak_rss"]) for r in ours)
+    # CPU seconds move much less with the machine's load than wall seconds: the median of each
+    # side is shown beside the throughput (curl's counts its whole process, ours the call).
+    cpu_ours = statistics.median(float(r["cpu_seconds"]) for r in ours)
+    cpu_ref = statistics.median(r["cpu_seconds"] for r in ref)
     values = {
         "bytes": size,
         "ours_seconds": [r["seconds"] for r in ours],
         "ours_cpu_seconds": [r["cpu_seconds"] for r in ours],
         "curl_seconds": [r["seconds"] for r in ref],
+        "curl_cpu_seconds": [r["cpu_seconds"] for r in ref],
+        "cpu_ratio_median": cpu_ours / cpu_ref,
         "ours_peak_rss": peak,
         "ours_rss_before": ours[0]["rss_before"],
         "curl_max_rss": max(r["max_rss"] for r in ref),
@@ -208,6 +228,7 @@ def retrieve_local(ctx: Context) -> list[Row]:
         best_ref,
         peak,
         reference="curl -o",
+        cpu=(cpu_ours, cpu_ref),
         reference_rss=f"{megabytes(max(int(r['max_rss']) for r in ref))} (curl)",
         limit_mb=100,
         values=values,

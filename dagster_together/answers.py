@@ -4,22 +4,26 @@ of its request, so that a request asked again is answered from it instead of pai
 A request's key is a hash of its canonical body (model, messages, every parameter; keys sorted)
 and endpoint, independent of ``custom_id``: a changed system prompt, model or parameter changes
 it. Each batch adds one Parquet file (``answers/batch_id=<id>/part-0.parquet``, published
-atomically), so two submits running at once never write the same file, and a lookup streams the
-store's ``key`` column with the wanted keys as a filter: memory follows the wanted keys, not the
-store.
+atomically), so two submits running at once never write the same file. A lookup streams the
+store's ``key`` column a file and a slice at a time and matches it against a
+:class:`~dagster_together.keyset.KeySet` of the wanted keys: memory follows the wanted keys
+(about 22 bytes each), not the store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.storage import BatchStorageLayout, publish_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pyarrow as pa
+
+    from dagster_together.keyset import KeySet
 
 __all__ = ["ANSWER_COLUMNS", "AnswerStore", "request_key"]
 
@@ -32,6 +36,11 @@ ANSWER_COLUMNS = (
     "total_tokens",
     "model",
 )
+# A lookup reads each store file this many keys at a time, through a buffer of this many bytes
+# (not a whole row group at once): its memory does not grow with the store's files.
+_SLICE_ROWS = 16_384
+_READ_BUFFER = 1 << 20
+_RELEASE_EVERY = 4
 
 
 def request_key(endpoint: str, body: Mapping[str, Any]) -> str:
@@ -52,14 +61,69 @@ class AnswerStore:
     def __init__(self, layout: BatchStorageLayout) -> None:
         self._layout = layout
 
-    def lookup(self, keys: pa.Array) -> pa.Table:
-        """``key`` and ``batch_id`` (the batch that paid) of every wanted key the store holds,
-        one row per key."""
-        return _first_per_key(self._scan(keys, ["key", "batch_id"]))
+    def lookup(self, keys: pa.Array | pa.ChunkedArray) -> pa.Table:
+        """``key`` and ``batch_id`` (the batch that paid; dictionary-encoded) of every wanted key
+        the store holds, one row per key."""
+        import numpy as np
+        import pyarrow as pa
 
-    def answers(self, keys: pa.Array) -> pa.Table:
-        """The stored answers of ``keys``: ``key``, :data:`ANSWER_COLUMNS`, ``batch_id``."""
-        return _first_per_key(self._scan(keys, ["key", *ANSWER_COLUMNS, "batch_id"]))
+        from dagster_together.keyset import KeySet
+
+        wanted = KeySet(keys)
+        paid_by = np.full(len(wanted), -1, dtype=np.int32)  # per key: which batch, or -1
+        batch_ids: list[str] = []
+        for batch_id, _, groups in self.matches(wanted, []):
+            if not batch_ids or batch_ids[-1] != batch_id:
+                batch_ids.append(batch_id)
+            new = groups[paid_by[groups] < 0]  # the first answer found stays
+            paid_by[new] = len(batch_ids) - 1
+        found = np.flatnonzero(paid_by >= 0)
+        return pa.table(
+            {
+                "key": wanted.keys.take(pa.array(wanted.first(found))),
+                "batch_id": pa.DictionaryArray.from_arrays(
+                    pa.array(paid_by[found]), pa.array(batch_ids, pa.string())
+                ),
+            }
+        )
+
+    def matches(
+        self,
+        wanted: KeySet,
+        columns: Sequence[str],
+        batch_ids: Iterable[str] | None = None,
+    ) -> Iterator[tuple[str, pa.RecordBatch, np.ndarray]]:
+        """Stream the store a slice at a time: for each slice with wanted keys, its batch id,
+        its rows with one (``columns`` of them) and each row's group in ``wanted``.
+
+        Args:
+            wanted: the keys looked for.
+            columns: of :data:`ANSWER_COLUMNS` (and ``key``) to read for the matching rows.
+            batch_ids: read only these batches' answers (None: every batch's).
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if len(wanted) == 0:
+            return
+        read = ["key", *(c for c in columns if c != "key")]
+        pool = pa.default_memory_pool()
+        for batch_id, fragment in self._fragments(batch_ids):
+            reader = pq.ParquetFile(
+                fragment.path,
+                filesystem=fragment.filesystem,
+                buffer_size=_READ_BUFFER,
+                pre_buffer=False,
+            )
+            slices = reader.iter_batches(batch_size=_SLICE_ROWS, columns=read, use_threads=False)
+            for number, batch in enumerate(slices):
+                rows, groups = wanted.match(batch.column(0))
+                if len(rows):
+                    yield batch_id, batch.select(list(columns)).take(rows), groups
+                if number % _RELEASE_EVERY == _RELEASE_EVERY - 1:
+                    # pyarrow's pool keeps what each slice freed for later; given back now and
+                    # then, the memory of a stream of slices stays that of a few.
+                    pool.release_unused()
 
     def add(self, batch_id: str, results: pa.Table, keys: pa.Table) -> int:
         """Store the succeeded rows of one batch's ``results`` (joined to ``keys``:
@@ -77,47 +141,22 @@ class AnswerStore:
         publish_parquet(table, self._layout.answers_parquet(batch_id), self._layout.storage_options)
         return table.num_rows
 
-    def _scan(self, keys: pa.Array, columns: list[str]) -> pa.Table:
+    def _fragments(self, batch_ids: Iterable[str] | None) -> Iterator[tuple[str, Any]]:
+        """``(batch_id, pyarrow dataset fragment)`` of the store's files (of ``batch_ids``)."""
         import pyarrow as pa
         import pyarrow.dataset as ds
 
         fs, root = self._layout.filesystem(self._layout.answers_url)
-        if len(keys) == 0 or not fs.exists(root):
-            return _empty(columns)
+        if not fs.exists(root):
+            return
         dataset = ds.dataset(
             root,
             filesystem=fs,
             format="parquet",
             partitioning=ds.partitioning(pa.schema([("batch_id", pa.string())]), flavor="hive"),
         )
-        # One file and one batch ahead at a time: memory follows the wanted keys, not the store.
-        scanner = dataset.scanner(
-            columns=columns,
-            filter=ds.field("key").isin(keys),
-            batch_readahead=1,
-            fragment_readahead=1,
-        )
-        found = [batch for batch in scanner.to_batches() if batch.num_rows]
-        return pa.Table.from_batches(found, schema=scanner.projected_schema)
-
-
-def _first_per_key(table: pa.Table) -> pa.Table:
-    """One row per key (the same request answered twice keeps the first answer found)."""
-    import pyarrow as pa
-
-    if table.num_rows == 0:
-        return table
-    firsts = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-    picked = firsts.group_by("key", use_threads=False).aggregate([("_row", "min")])
-    return table.take(picked["_row_min"])
-
-
-def _empty(columns: list[str]) -> pa.Table:
-    import pyarrow as pa
-
-    types = {
-        "prompt_tokens": pa.int64(),
-        "completion_tokens": pa.int64(),
-        "total_tokens": pa.int64(),
-    }
-    return pa.table({c: pa.array([], types.get(c, pa.string())) for c in columns})
+        only = None if batch_ids is None else set(batch_ids)
+        for fragment in dataset.get_fragments():
+            batch_id = ds.get_partition_keys(fragment.partition_expression).get("batch_id")
+            if batch_id is not None and (only is None or batch_id in only):
+                yield str(batch_id), fragment

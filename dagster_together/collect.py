@@ -15,14 +15,10 @@ import dagster as dg
 
 from dagster_together.answers import ANSWER_COLUMNS, AnswerStore
 from dagster_together.cost import PriceTable, cost_of_usage
+from dagster_together.final_table import FinalSummary, assemble_final
 from dagster_together.options import ResubmitOptions, ResultsOptions
 from dagster_together.storage import BatchStorageLayout
-from dagster_together.submissions import (
-    BatchRecord,
-    FinalSummary,
-    Submissions,
-    assemble_final,
-)
+from dagster_together.submissions import BatchRecord, Submissions
 
 if TYPE_CHECKING:
     from dagster_together.client import BatchJob, TogetherClient

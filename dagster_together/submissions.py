@@ -1,21 +1,18 @@
-"""Submissions: what one submit asked for, the batches that answer it (follow-ups included), and
-its final table.
+"""Submissions: what one submit asked for, and the batches that answer it (follow-ups included).
 
 A submission's rows (ids, content keys, the cache hits, the user's columns) are stored once, in
 input order; each of its batches has a small record (attempt, parent). Once every batch has its
-results, :func:`assemble_final` writes one row per input row: the last attempt's answer, or the
-answer store's for a cached row, with ``attempts``, the ``batch_id`` that answered and
-``cached``. Plain Python, no Dagster.
+results, :func:`dagster_together.final_table.assemble_final` writes its final table. Plain
+Python, no Dagster.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from dagster_together.answers import ANSWER_COLUMNS, AnswerStore
 from dagster_together.options import ResubmitOptions
 from dagster_together.output_schema import OutputSchema
 from dagster_together.storage import BatchStorageLayout, open_pending, publish_parquet
@@ -25,25 +22,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BatchRecord",
-    "FinalSummary",
     "Submissions",
-    "assemble_final",
     "retryable_rows",
 ]
 
 # Statuses of a request that a follow-up batch may still answer (``cancelled`` was the user's
 # decision; ``succeeded`` is done).
 _RETRY_STATUSES = ("failed", "missing", "expired")
-
-FINAL_COLUMNS = (
-    "status",
-    *ANSWER_COLUMNS,
-    "error",
-    "error_code",
-    "attempts",
-    "batch_id",
-    "cached",
-)
 
 
 @dataclass(frozen=True)
@@ -63,19 +48,6 @@ class BatchRecord:
     attempt: int = 1
     parent_batch_id: str | None = None
     n_requests: int = 0
-
-
-@dataclass(frozen=True)
-class FinalSummary:
-    """What :func:`assemble_final` wrote."""
-
-    destination: str
-    n_rows: int
-    counts: dict[str, int]
-    n_cached: int
-    tokens_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
-    columns: tuple[tuple[str, str], ...] = ()
-    preview_rows: tuple[dict[str, Any], ...] = ()
 
 
 class Submissions:
@@ -175,192 +147,7 @@ def retryable_rows(results: pa.Table, options: ResubmitOptions) -> list[str]:
     return results.filter(retry)["custom_id"].to_pylist()
 
 
-def assemble_final(layout: BatchStorageLayout, submission_id: str) -> FinalSummary:
-    """Write the submission's final table; one row per input row, in input order."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    submissions = Submissions(layout)
-    inputs = _read_parquet(layout.submission_inputs(submission_id), layout)
-    records = submissions.batches(submission_id)
-    wanted = ["custom_id", "status", *ANSWER_COLUMNS, "error", "error_code"]
-    # Beside them, what the answers carry on top (the output schema's typed fields, tool calls,
-    # reasoning): every other column of the results but the inputs' and the raw request/answer.
-    skip = {*wanted, *inputs.column_names, *_NOT_IN_FINAL}
-    extra: list[str] = []
-    attempts = []
-    for record in records:
-        location = layout.results_parquet(record.batch_id)
-        if not extra:
-            fs, path = layout.filesystem(location)
-            extra = [n for n in _schema_names(fs, path) if n not in skip]
-        table = _read_parquet(location, layout, columns=[*wanted, *extra])
-        n = table.num_rows
-        attempts.append(
-            _cast_text(table)
-            .append_column("attempt", pa.array([record.attempt] * n, pa.int64()))
-            .append_column("batch_id", pa.array([record.batch_id] * n, pa.string()))
-        )
-    if attempts:
-        every = pa.concat_tables(attempts)
-        last = every.group_by("custom_id", use_threads=False).aggregate(
-            [("attempt", "max"), ("attempt", "count")]
-        )
-        last = last.rename_columns(["custom_id", "attempt", "attempts"])
-        sent = every.join(last, ["custom_id", "attempt"], join_type="inner").drop_columns("attempt")
-    else:
-        sent = pa.table(
-            {
-                **{c: pa.array([], pa.string()) for c in wanted},
-                "batch_id": pa.array([], pa.string()),
-                "attempts": pa.array([], pa.int64()),
-            }
-        )
-    sent = _cast_text(sent).append_column("cached", pa.array([False] * sent.num_rows, pa.bool_()))
-
-    hits = inputs.filter(pc.is_valid(inputs["cached_batch_id"]))
-    cached = _cast_text(AnswerStore(layout).answers(hits["key"]))
-    cached_rows = hits.select(["custom_id", "key"]).join(cached, "key", join_type="inner")
-    n = cached_rows.num_rows
-    cached_rows = pa.table(
-        {
-            "custom_id": cached_rows["custom_id"],
-            "status": pa.array(["succeeded"] * n, pa.string()),
-            **{c: cached_rows[c] for c in ANSWER_COLUMNS},
-            "error": pa.nulls(n, pa.string()),
-            "error_code": pa.nulls(n, pa.string()),
-            "batch_id": cached_rows["batch_id"],
-            "attempts": pa.array([0] * n, pa.int64()),
-            "cached": pa.array([True] * n, pa.bool_()),
-        }
-    )
-    schema = submissions.schema(submission_id)
-    typed = _typed_columns(schema, cached_rows["content"]) if schema is not None else {}
-    for name, column in typed.items():
-        cached_rows = cached_rows.append_column(name, column)
-    if attempts:  # what only batch results carry (tool calls, reasoning) stays empty when cached
-        for name in extra:
-            if name not in typed:
-                field = sent.schema.field(name)
-                cached_rows = cached_rows.append_column(field, pa.nulls(n, field.type))
-    if attempts:
-        sent = sent.select(cached_rows.column_names)
-    else:  # answered whole by the store: no result file to take types from
-        sent = cached_rows.schema.empty_table()
-    answered = pa.concat_tables([sent, cached_rows.cast(sent.schema)])
-    own = [c for c in inputs.column_names if c not in ("custom_id", "key", "cached_batch_id")]
-    ordered = inputs.select(["custom_id", *own]).append_column(
-        "_position", pa.array(range(inputs.num_rows), pa.int64())
-    )
-    final = (
-        ordered.join(answered, "custom_id", join_type="left outer")
-        .sort_by("_position")
-        .drop_columns("_position")
-    )
-    final = final.set_column(
-        final.schema.get_field_index("status"),
-        "status",
-        pc.fill_null(final["status"], "missing"),
-    )
-    destination = layout.final_parquet(submission_id)
-    publish_parquet(final, destination, layout.storage_options)
-    counts = {str(k): int(v) for k, v in _value_counts(final["status"])}
-    tokens: dict[str, dict[str, int]] = {}
-    for model, usage in _tokens_by_model(final).items():
-        tokens[model] = usage
-    return FinalSummary(
-        destination=destination,
-        n_rows=final.num_rows,
-        counts=counts,
-        n_cached=n,
-        tokens_by_model=tokens,
-        columns=tuple((f.name, str(f.type)) for f in final.schema),
-        preview_rows=tuple(_preview(final)),
-    )
-
-
 def _as_array(values: Iterable[str]) -> Any:
     import pyarrow as pa
 
     return pa.array(list(values), pa.string())
-
-
-def _cast_text(table: pa.Table) -> pa.Table:
-    """Large strings as plain strings, so that tables from several files concatenate."""
-    import pyarrow as pa
-
-    fields = [
-        pa.field(f.name, pa.string()) if pa.types.is_large_string(f.type) else f
-        for f in table.schema
-    ]
-    return table.cast(pa.schema(fields))
-
-
-def _typed_columns(schema: OutputSchema, contents: Any) -> dict[str, Any]:
-    """The output schema's fields of stored answers, as typed columns (a stored answer passed
-    the same schema once: its key includes the request's ``response_format``)."""
-    import pyarrow as pa
-
-    fields = schema.arrow_fields()
-    rows = []
-    for text in contents.to_pylist():
-        try:
-            rows.append(schema.parse(text))
-        except ValueError:
-            rows.append({})
-    return {f.name: pa.array([row.get(f.name) for row in rows], f.type) for f in fields}
-
-
-# Results columns the final table leaves out: the request (it is in the inputs) and the raw
-# answer (in each batch's results).
-_NOT_IN_FINAL = ("request_model", "prompt", "response")
-
-
-def _schema_names(fs: Any, path: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return list(pq.read_schema(path, filesystem=fs).names)
-
-
-def _preview(final: pa.Table) -> list[dict[str, Any]]:
-    rows = final.slice(0, 5).select(["custom_id", "status", "content", "cached"]).to_pylist()
-    for row in rows:
-        if isinstance(row["content"], str) and len(row["content"]) > 80:
-            row["content"] = row["content"][:77] + "..."
-    return rows
-
-
-def _value_counts(column: Any) -> list[tuple[str, int]]:
-    counts = column.value_counts()
-    return list(
-        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
-    )
-
-
-def _tokens_by_model(final: pa.Table) -> dict[str, dict[str, int]]:
-    import pyarrow.compute as pc
-
-    billed = final.filter(pc.invert(pc.fill_null(final["cached"], False)))
-    billed = billed.filter(pc.is_valid(billed["model"]))
-    if billed.num_rows == 0:
-        return {}
-    sums = billed.group_by("model").aggregate(
-        [("prompt_tokens", "sum"), ("completion_tokens", "sum"), ("total_tokens", "sum")]
-    )
-    return {
-        row["model"]: {
-            "prompt_tokens": int(row["prompt_tokens_sum"] or 0),
-            "completion_tokens": int(row["completion_tokens_sum"] or 0),
-            "total_tokens": int(row["total_tokens_sum"] or 0),
-        }
-        for row in sums.to_pylist()
-    }
-
-
-def _read_parquet(
-    location: str, layout: BatchStorageLayout, columns: list[str] | None = None
-) -> Any:
-    import pyarrow.parquet as pq
-
-    fs, path = layout.filesystem(location)
-    return pq.read_table(path, filesystem=fs, columns=columns)

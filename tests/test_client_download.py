@@ -17,6 +17,7 @@ import pytest
 
 import dagster_together.client.download as download
 from dagster_together.client import (
+    APIConnectionError,
     DownloadError,
     FileObject,
     NotFoundError,
@@ -26,6 +27,7 @@ from dagster_together.client import (
 from tests.helpers import (
     content_calls,
     fast_client,
+    free_port,
     open_multipart_uploads,
     random_jsonl,
     sha256_hex,
@@ -484,3 +486,66 @@ def test_log_lines_without_content_length(
     client.files.retrieve_content(file_id, output=tmp_path / "o", logger=logging.getLogger("run"))
     (line,) = [r.getMessage() for r in caplog.records if r.name == "run"]
     assert line.startswith(f"Downloading {file_id}: done, 1.0 MB written to {tmp_path / 'o'}")
+
+
+# -- the download connection ---------------------------------------------------------------------
+def _count_own_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the downloads whose body was read from our own connection (not through httpx)."""
+    calls: list[int] = []
+    real = download._pieces
+
+    def counting(read1: Any) -> Any:
+        calls.append(1)
+        return real(read1)
+
+    monkeypatch.setattr(download, "_pieces", counting)
+    return calls
+
+
+def test_body_is_read_from_our_own_connection_in_pieces(
+    client: TogetherClient, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(download, "READ_SIZE", 1000)  # many reads, a short last one
+    reads = _count_own_reads(monkeypatch)
+    data = random_jsonl(MiB + 7)
+    file_id = emulator.add_file(data)
+    result = client.files.retrieve_content(file_id, output=tmp_path / "o.jsonl")
+    assert result.size == len(data)
+    assert (tmp_path / "o.jsonl").read_bytes() == data
+    assert reads == [1]
+
+
+def test_a_proxy_in_the_environment_keeps_downloads_on_httpx(
+    emulator: Any, api_key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our own connection does not speak to proxies: httpx does (here it bypasses it for loopback).
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    reads = _count_own_reads(monkeypatch)
+    data = random_jsonl(MiB)
+    file_id = emulator.add_file(data)
+    with fast_client(emulator, api_key, timeout=10, max_retries=1) as c:
+        c.files.retrieve_content(file_id, output=tmp_path / "o.jsonl")
+    assert (tmp_path / "o.jsonl").read_bytes() == data
+    assert reads == []
+
+
+def test_a_slow_answer_times_out_and_is_retried(
+    emulator: Any, api_key: str, tmp_path: Path
+) -> None:
+    data = random_jsonl(MiB)
+    file_id = emulator.add_file(data)
+    emulator.add_fault(path=r"/content$", kind="delay", seconds=1.0, times=1)
+    with fast_client(emulator, api_key, timeout=0.3, max_retries=2) as c:
+        c.files.retrieve_content(file_id, output=tmp_path / "o.jsonl")
+    assert (tmp_path / "o.jsonl").read_bytes() == data
+    assert len(content_calls(emulator)) == 2
+
+
+def test_no_server_is_a_connection_error_that_names_no_key(api_key: str, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with TogetherClient(api_key, url, max_retries=1, backoff_base=0.01) as c:
+        with pytest.raises(APIConnectionError) as info:
+            c.files.retrieve_content("file-x", output=tmp_path / "o.jsonl")
+    assert api_key not in str(info.value) and api_key not in repr(info.value)
+    assert os.listdir(tmp_path) == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import httpx
 from dagster_together.client.errors import DownloadError, TogetherError
 from dagster_together.client.progress import LogSink, Progress
 from dagster_together.client.transport import Transport, quote_id
+from dagster_together.client.transport_download import READ1
 from dagster_together.client.types import FileObject
 from dagster_together.storage import (
     LocalPendingFile,
@@ -33,9 +34,13 @@ __all__ = ["CHUNK_SIZE", "REMOTE_BLOCK_SIZE", "LogSink", "normalize_key", "retri
 
 _log = logging.getLogger("dagster_together.client")
 
-#: Progress is reported every this many bytes. The body is written as httpx hands it over
-#: (64 KiB pieces): no buffer of our own, so memory stays flat whatever the file size.
+#: Progress is reported every this many bytes. The body is written as it arrives (in pieces of
+#: ``READ_SIZE``, or as httpx hands it over): memory stays flat whatever the file size.
 CHUNK_SIZE = 8 * 1024 * 1024
+#: At most this many bytes are taken from the socket at a time when the transport allows it
+#: (downloads over our own connection): a few system calls per piece instead of three per
+#: 64 KiB; larger pieces saved no more CPU.
+READ_SIZE = 256 * 1024
 #: Part size for object stores (s3fs buffers one block, then uploads it as one multipart part).
 #: Peak memory is about 3-4 blocks (s3fs's buffer, the part it slices off, botocore's copy):
 #: measured +63 MB RSS for a 100 MB download to S3 at 16 MiB, +114 MB at 32, +214 MB at 64; for
@@ -141,7 +146,7 @@ def retrieve_content(
         ``FileObject(object="local", id, filename=<where it was written>, size=<bytes>)``.
         ``filename`` is the absolute path for local files, the URL as given otherwise.
 
-    The body is streamed and written in 8 MiB pieces. A dropped connection is resumed with
+    The body is streamed and written as it arrives. A dropped connection is resumed with
     ``Range: bytes=N-`` (a ``200`` instead of ``206`` restarts cleanly from zero), with backoff,
     up to the client's ``max_retries``. The byte count is checked against ``Content-Length``
     (a body sent without one and cut by a clean close cannot be told from a complete one).
@@ -231,7 +236,12 @@ class _Download:
                 headers["If-Range"] = self._validator
         try:
             response = self._transport.request(
-                "GET", self._path, headers=headers, stream=True, follow_redirects=True
+                "GET",
+                self._path,
+                headers=headers,
+                stream=True,
+                follow_redirects=True,
+                download=True,
             )
         except TogetherError as exc:
             if not self.written:
@@ -252,10 +262,14 @@ class _Download:
             # A transport may hand over a body it already read (httpx.MockTransport does);
             # then only the decoded bytes are left to iterate.
             preread = response.is_stream_consumed
+            read1 = response.extensions.get(READ1)
             try:
-                self._pump(
-                    response.iter_raw() if resumable and not preread else response.iter_bytes()
-                )
+                if resumable and read1 is not None:
+                    self._pump(_pieces(read1))
+                else:
+                    self._pump(
+                        response.iter_raw() if resumable and not preread else response.iter_bytes()
+                    )
             except httpx.TransportError:
                 if not resumable:
                     self._restart()  # decoded offsets are not file offsets: cannot resume
@@ -285,8 +299,8 @@ class _Download:
         that did arrive are good (TCP keeps order; only the end is missing), so each piece is
         written at once and a resume starts right after the last one. No buffer of our own
         either: refilling an 8 MiB ``bytearray`` after each ``clear()`` faulted in fresh pages
-        for every chunk, which took half the time of a 1 GB download. Progress is reported
-        every ``CHUNK_SIZE`` bytes.
+        for every chunk, which took half the time of a 1 GB download. Progress is reported every
+        ``CHUNK_SIZE`` bytes.
         """
         write = self._sink.write
         unreported = 0
@@ -301,6 +315,12 @@ class _Download:
         finally:
             if unreported:
                 self._report.update(unreported)
+
+
+def _pieces(read1: Callable[[int], bytes]) -> Iterator[bytes]:
+    """The body in pieces of at most ``READ_SIZE`` bytes, each what one socket read returned."""
+    while piece := read1(READ_SIZE):
+        yield piece
 
 
 def _begin(response: httpx.Response, written: int, file_id: str) -> tuple[int | None, bool, bool]:

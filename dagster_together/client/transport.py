@@ -36,6 +36,7 @@ from dagster_together.client.errors import (
     ServerError,
 )
 from dagster_together.client.settings import ClientSettings
+from dagster_together.client.transport_download import DownloadTransport, env_proxies
 from dagster_together.version import __version__
 
 logger = logging.getLogger("dagster_together.client")
@@ -329,18 +330,28 @@ class Transport:
         )
         self._sleep: Callable[[float], None] = time.sleep  # seam for tests
         self._base_path = urlsplit(self.base_url).path
-        self._http = httpx.Client(
+        self._http = self._client(http_transport)
+        # Downloads go over the standard library (their bodies taken in large pieces) unless the
+        # caller chose the transport, or the environment names a proxy that httpx would use.
+        self._downloads = self._http
+        if http_transport is None and not env_proxies():
+            self._downloads = self._client(
+                DownloadTransport(verify=self.settings.verify_tls, timeout=self.settings.timeout)
+            )
+        _install_log_redaction()
+
+    def _client(self, transport: httpx.BaseTransport | None) -> httpx.Client:
+        return httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(self.settings.timeout),
             verify=self.settings.verify_tls,
-            transport=http_transport,
+            transport=transport,
             follow_redirects=False,
             headers={
                 "User-Agent": f"dagster-together/{__version__} httpx/{httpx.__version__}",
                 "Accept": "application/json",
             },
         )
-        _install_log_redaction()
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r}, api_key='**********')"
@@ -359,6 +370,7 @@ class Transport:
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
+        self._downloads.close()
 
     def scrub(self, text: str) -> str:
         """``text`` with the API key masked (for anything built from server-provided strings)."""
@@ -478,12 +490,14 @@ class Transport:
         authenticate: bool,
         stream: bool,
         follow_redirects: bool,
+        download: bool,
     ) -> httpx.Response | httpx.TransportError:
         """One attempt: the answer, or the network error that stopped it."""
+        http = self._downloads if download else self._http
         body = content() if callable(content) else content
-        request = self._http.build_request(method, path, json=json, content=body, headers=headers)
+        request = http.build_request(method, path, json=json, content=body, headers=headers)
         try:
-            return self._http.send(
+            return http.send(
                 request,
                 auth=self._auth if authenticate else None,
                 stream=stream,
@@ -505,13 +519,16 @@ class Transport:
         retry: RetryPolicy = "idempotent",
         stream: bool = False,
         follow_redirects: bool = False,
+        download: bool = False,
     ) -> httpx.Response:
         """Send a request with retries; return a response with status < 400 or raise.
 
         ``path`` is an API path (``/files``) or an absolute URL (a presigned URL: then pass
         ``authenticate=False``). ``content`` may be a callable returning a fresh iterable for each
         attempt, so a streamed upload can be re-sent. With ``stream=True`` the caller must close
-        the response. Errors: :class:`~dagster_together.client.errors.APIError` subclasses for
+        the response. ``download=True`` (with ``stream=True``) sends it on a connection of its
+        own whose body may be read with ``response.extensions[READ1]`` when present. Errors:
+        :class:`~dagster_together.client.errors.APIError` subclasses for
         HTTP errors, :class:`APIConnectionError` / :class:`APITimeoutError` for the network.
         """
         method = method.upper()
@@ -527,6 +544,7 @@ class Transport:
                 authenticate=authenticate,
                 stream=stream,
                 follow_redirects=follow_redirects,
+                download=download,
             )
             if isinstance(outcome, httpx.Response):
                 verdict = self._classify_answer(outcome, method, retry, retries, described)
