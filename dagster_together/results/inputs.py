@@ -320,7 +320,12 @@ def _parquet_file(ins: _Inputs, location: str, opts: dict[str, Any]) -> None:
                 f"{location}: has no 'custom_id' column (columns: {names}); the inputs "
                 "need the ids the requests were sent with."
             )
-        ids = [b.column(0) for b in reader.iter_batches(batch_size=65_536, columns=["custom_id"])]
+        ids = [
+            b.column(0)
+            for b in reader.iter_batches(
+                batch_size=65_536, columns=["custom_id"], use_threads=False
+            )
+        ]
     ins.parquet = (fs, path)
     ins.index_ids(ids, location)
 
@@ -342,7 +347,7 @@ class _ParquetColumns:
             names.append(_free_name(name, names))
         types = [pa.string(), *(arrow.field(n).type for n in order[1:])]
         self.schema = pa.schema(list(zip(names, types, strict=True)))
-        self._batches = reader.iter_batches(batch_size=4096, columns=order)
+        self._batches = reader.iter_batches(batch_size=4096, columns=order, use_threads=False)
 
     def read_next_batch(self) -> pa.RecordBatch:
         import pyarrow as pa
