@@ -385,7 +385,11 @@ def scale_submit(ctx: Context) -> list[Row]:
                 "note": "the submit asset (and its prompts asset, which hands over the location "
                 "of a Parquet file) materialised in a fresh process on a SQLite instance; "
                 "uploads to the emulator over loopback HTTP included. Peak RSS of the whole "
-                "process (Dagster and pyarrow loaded: rss_before_submit).",
+                "process (Dagster and pyarrow loaded: rss_before_submit). The prompts table, "
+                "the request files and the per-batch files are streamed; what still grows with "
+                "the prompts is the id and content key of every prompt (about 48 bytes each, "
+                "held for the answer store lookup, the submission's inputs and the batches' "
+                "keys) and the lookup's KeySet of them.",
             },
         ),
         Row(

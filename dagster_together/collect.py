@@ -139,24 +139,29 @@ def collect_batch(
             + (f" ({job.error})" if job.error else "")
             + "; every input is reported without an answer."
         )
-    inputs = layout.input_jsonl(batch_id)
-    if not layout.exists(inputs):
-        # The submit could not store it (it says so, and records the batch anyway): the request
-        # file is still on Together's side.
-        context.log.warning(
-            f"The request file of batch {batch_id} is not at {inputs}; downloading it from "
-            f"Together ({job.input_file_id}). Your own columns are left out of this table."
-        )
-        client.files.retrieve_content(
-            job.input_file_id, output=inputs, storage_options=options, logger=context.log
-        )
     destination = layout.results_parquet(batch_id)
-    columns = layout.inputs_parquet(batch_id)
+    rows = layout.request_rows_parquet(batch_id)
+    if layout.exists(rows):
+        # The submit wrote the rows in request order with their model, prompt and the user's
+        # columns: no request JSON to parse.
+        inputs, columns = rows, None
+    else:  # an older submission: the request file gives every row, the user's columns beside
+        inputs = layout.input_jsonl(batch_id)
+        if not layout.exists(inputs):
+            # The submit could not store it (it says so, and records the batch anyway): the
+            # request file is still on Together's side.
+            context.log.warning(
+                f"The request file of batch {batch_id} is not at {inputs}; downloading it from "
+                f"Together ({job.input_file_id}). Your own columns are left out of this table."
+            )
+            client.files.retrieve_content(
+                job.input_file_id, output=inputs, storage_options=options, logger=context.log
+            )
+        columns = layout.inputs_parquet(batch_id)
+        columns = columns if layout.exists(columns) else None
     summary = join_results(
-        # The request file gives every row (and the prompt); the user's own columns, when the
-        # submit kept them, are added beside.
         inputs=inputs,
-        input_columns=columns if layout.exists(columns) else None,
+        input_columns=columns,
         outputs=outputs,
         errors=errors,
         destination=destination,

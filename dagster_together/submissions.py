@@ -84,12 +84,31 @@ class Submissions:
         ]
         return sorted(records, key=lambda r: (r.attempt, r.batch_id))
 
-    def write_inputs(self, submission_id: str, table: pa.Table) -> None:
-        """The submission's rows in input order (``custom_id``, ``key``, ``cached_batch_id``, the
-        user's columns)."""
-        publish_parquet(
-            table, self._layout.submission_inputs(submission_id), self._layout.storage_options
-        )
+    def write_inputs(self, submission_id: str, table: pa.Table | Iterable[pa.Table]) -> None:
+        """The submission's rows in input order (``custom_id``, the user's columns, ``key``,
+        ``cached_batch_id``): one table, or its slices in order (written as they come, so that
+        a million rows are never held at once)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        location = self._layout.submission_inputs(submission_id)
+        if isinstance(table, pa.Table):
+            publish_parquet(table, location, self._layout.storage_options)
+            return
+
+        with open_pending(location, self._layout.storage_options, stage_locally=True) as out:
+            assert out.local_path is not None  # always, with stage_locally
+            writer = None
+            try:
+                for part in table:
+                    if writer is None:
+                        writer = pq.ParquetWriter(out.local_path, part.schema)
+                    writer.write_table(part)
+                if writer is None:
+                    raise ValueError("write_inputs: no rows to write.")
+            finally:
+                if writer is not None:
+                    writer.close()
 
     def write_schema(self, submission_id: str, schema: OutputSchema) -> None:
         """Keep the output schema the submission's answers are parsed with: batches run for

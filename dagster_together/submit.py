@@ -8,8 +8,9 @@ caller says what to do with each batch once it exists (``on_batch``).
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ import dagster as dg
 from dagster_together.answers import AnswerStore, request_key
 from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.options import BatchingOptions, ResubmitOptions
+from dagster_together.requests.rows import RequestRows, RowStream, write_request_rows
+from dagster_together.results.blocks import give_back_memory
 from dagster_together.storage import BatchStorageLayout, publish_parquet
 from dagster_together.submissions import (
     BatchRecord,
@@ -131,7 +134,7 @@ def submit_prompts(
     from dagster_together.requests import (
         MAX_BATCH_BYTES,
         build_requests,
-        input_columns_table,
+        input_columns_batches,
         write_request_chunks,
     )
 
@@ -153,6 +156,7 @@ def submit_prompts(
         # 1. Build, validate, look up and estimate everything before the first byte goes out.
         try:
             keys = _Keys(endpoint)
+            sent_rows = RequestRows(spill=os.path.join(tmp, "request-rows.arrows"))
             paid_by: dict[str, str] = {}  # content key -> the batch that answered it before
             key_column = None
             if resubmit.use_answer_cache:
@@ -162,10 +166,12 @@ def submit_prompts(
                 paid_by = dict(
                     zip(hits["key"].to_pylist(), hits["batch_id"].to_pylist(), strict=True)
                 )
+                give_back_memory()  # each pass over the prompts frees what it read
             cached_ids = keys.ids_of(paid_by)
 
             def observe(request: Any) -> None:
                 estimate.add(request)
+                sent_rows.add(request)
                 if not resubmit.use_answer_cache:
                     keys.add(request)
 
@@ -179,12 +185,18 @@ def submit_prompts(
                 observe=observe,
                 exclude=cached_ids,
             )
+            give_back_memory()
             n_rows = keys.count
-            columns = (
-                input_columns_table(prompts, id_column=id_column if template else None)
-                if n_rows
-                else None
-            )
+
+            # The user's columns, a slice at a time: a million rows are never held at once.
+            def user_columns() -> tuple[list[str], Any]:
+                return input_columns_batches(
+                    prompts,
+                    id_column=id_column if template else None,
+                    storage_options=layout.storage_options,
+                )
+
+            column_names = user_columns()[0] if n_rows else None
             estimated_cost = estimate.check_budget(cost)
         except BudgetExceededError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
@@ -198,7 +210,7 @@ def submit_prompts(
         submission = Submission(
             [], estimate, estimated_cost, unpriced, submission_id, n_rows, len(cached_ids)
         )
-        if columns is None:
+        if column_names is None:
             return submission
         if cached_ids:
             context.log.info(
@@ -214,33 +226,40 @@ def submit_prompts(
             key_column = keys.keys()
         submissions.write_inputs(
             submission_id,
-            columns.append_column("key", key_column).append_column(
-                "cached_batch_id", _paid_by_column(key_column, paid_by)
-            ),
+            _with_keys(user_columns()[1], key_column, _paid_by_column(key_column, paid_by)),
         )
+        give_back_memory()
         if not chunks:
             return submission
         _log_estimate(context, submission, cost)
-        keys_table = pa.table({"custom_id": columns["custom_id"], "key": key_column})
-        sent_columns = columns
-        if cached_ids:  # some rows are answered by the store: the batches get the others
-            sent = pc.invert(
-                pc.is_in(columns["custom_id"], value_set=pa.array(sorted(cached_ids), pa.string()))
+        keys_table = pa.table({"custom_id": keys.ids(), "key": key_column})
+        cached = pa.array(sorted(cached_ids), pa.string())
+
+        def sent_columns() -> Any:
+            """The user's columns of the rows sent (the store answers the others)."""
+            for part in user_columns()[1]:
+                if len(cached):
+                    part = part.filter(pc.invert(pc.is_in(part["custom_id"], value_set=cached)))
+                yield part
+
+        if cached_ids:
+            keys_table = keys_table.filter(
+                pc.invert(pc.is_in(keys_table["custom_id"], value_set=cached))
             )
-            sent_columns, keys_table = columns.filter(sent), keys_table.filter(sent)
-        _check_alignment(chunks, sent_columns)
+        _check_alignment(chunks, (part["custom_id"] for part in sent_columns()))
         submission.batches.extend(
             create_batches(
                 context,
                 client,
                 chunks,
-                sent_columns,
-                keys_table,
+                RowStream(sent_columns()),
+                RowStream([keys_table]),
                 layout=layout,
                 endpoint=endpoint,
                 completion_window=batching.completion_window,
                 record=lambda batch_id, n: BatchRecord(submission_id, batch_id, 1, None, n),
                 on_batch=on_batch,
+                request_rows=RowStream(sent_rows.blocks()),
             )
         )
     return submission
@@ -250,18 +269,22 @@ def create_batches(
     context: dg.AssetExecutionContext,
     client: TogetherClient,
     chunks: Sequence[RequestChunk],
-    columns: Any,
-    keys: Any,
+    columns: RowStream,
+    keys: RowStream,
     *,
     layout: BatchStorageLayout,
     endpoint: str,
     completion_window: str,
     record: Callable[[str, int], BatchRecord],
     on_batch: Callable[[str], None] | None,
+    request_rows: RowStream | None = None,
 ) -> list[SubmittedBatch]:
     """Upload each chunk, create its batch (or reuse the one an earlier attempt created for the
-    same bytes), store its inputs (request file, the user's columns, content keys) and its
-    record, then ``on_batch(batch_id)``. ``columns`` and ``keys`` line up with the chunks."""
+    same bytes), store its inputs (request file, the user's columns, content keys, and with
+    ``request_rows`` the join's inputs table) and its record, then ``on_batch(batch_id)``.
+    ``columns``, ``keys`` and ``request_rows`` (``custom_id``, ``request_model``, ``prompt``)
+    are :class:`RowStream` s lined up with the chunks: each batch takes its rows from them."""
+
     # Upload. A chunk uploaded before gets back the same file id (checksum match).
     uploaded = [
         # Validated and hashed by write_request_chunks with the same rules: no re-read.
@@ -272,7 +295,6 @@ def create_batches(
     reusable = _reusable_batches(client.batches.list_batches())
     submissions = Submissions(layout)
     batches = []
-    offset = 0
     for chunk, file in zip(chunks, uploaded, strict=True):
         job = reusable.get(file.id)
         reused = job is not None
@@ -290,19 +312,29 @@ def create_batches(
             )
         # Keep the inputs next to where the outputs will land: the join needs them.
         input_copy = layout.input_jsonl(job.id)
+        batch_columns = columns.take(chunk.n_requests)
+        batch_keys = keys.take(chunk.n_requests)
+        batch_rows = request_rows.take(chunk.n_requests) if request_rows is not None else None
         try:
             layout.put_file(chunk.path, input_copy)
-            if columns.num_columns > 1:  # the user has columns of their own beside custom_id
+            if batch_columns.num_columns > 1:  # the user has columns of their own beside custom_id
                 publish_parquet(
-                    columns.slice(offset, chunk.n_requests),
+                    batch_columns,
                     layout.inputs_parquet(job.id),
                     layout.storage_options,
                 )
             publish_parquet(
-                keys.slice(offset, chunk.n_requests),
+                batch_keys,
                 layout.keys_parquet(job.id),
                 layout.storage_options,
             )
+            if batch_rows is not None:  # the results join reads it instead of the JSONL
+                write_request_rows(
+                    batch_rows,
+                    batch_columns,
+                    layout.request_rows_parquet(job.id),
+                    layout.storage_options,
+                )
             submissions.record(record(job.id, chunk.n_requests))
         except Exception as exc:
             # The batch is paid for: record it anyway, so that nothing watches nothing.
@@ -317,7 +349,6 @@ def create_batches(
                 ),
                 metadata={"together/batch_id": job.id},
             ) from exc
-        offset += chunk.n_requests
         # The batch is recorded once its inputs are stored.
         if on_batch is not None:
             on_batch(job.id)
@@ -389,6 +420,10 @@ class _Keys:
         """Every content key, as one pyarrow string array."""
         return self._column(1)
 
+    def ids(self) -> Any:
+        """Every ``custom_id``, as one pyarrow string array."""
+        return self._column(0)
+
     def ids_of(self, keys: Collection[str]) -> set[str]:
         """The ``custom_id`` of the requests with one of ``keys``."""
         import pyarrow as pa
@@ -398,6 +433,17 @@ class _Keys:
             return set()
         wanted = pc.is_in(self._column(1), value_set=pa.array(list(keys), pa.string()))
         return set(self._column(0).filter(wanted).to_pylist())
+
+
+def _with_keys(parts: Iterable[Any], keys: Any, paid_by: Any) -> Iterator[Any]:
+    """Each slice of the user's columns with its rows' ``key`` and ``cached_batch_id``."""
+    offset = 0
+    for part in parts:
+        n = part.num_rows
+        yield part.append_column("key", keys.slice(offset, n)).append_column(
+            "cached_batch_id", paid_by.slice(offset, n)
+        )
+        offset += n
 
 
 def _paid_by_column(keys: Any, paid_by: dict[str, str]) -> Any:
@@ -479,22 +525,28 @@ def _file_prefix(name: str) -> str:
     return cleaned or "requests"
 
 
-def _check_alignment(chunks: Sequence[RequestChunk], columns: Any) -> None:
-    """The user's columns must line up with the chunks row for row (same order, same ids)."""
-    ids = columns.column("custom_id")
+def _check_alignment(chunks: Sequence[RequestChunk], id_parts: Iterable[Any]) -> None:
+    """The user's columns (their ``custom_id`` given a slice at a time) must line up with the
+    chunks row for row (same order, same ids)."""
+    # The positions whose id a chunk names: its first and last rows.
+    wanted: dict[int, str] = {}
     offset = 0
     for chunk in chunks:
-        first = ids[offset].as_py()
-        last = ids[offset + chunk.n_requests - 1].as_py()
-        if (first, last) != (chunk.first_custom_id, chunk.last_custom_id):
-            raise dg.Failure(
-                f"Internal mismatch between the request chunks and the prompts table around "
-                f"custom_id {chunk.first_custom_id!r}; nothing was uploaded. Please report this."
-            )
+        wanted[offset] = chunk.first_custom_id
+        wanted[offset + chunk.n_requests - 1] = chunk.last_custom_id
         offset += chunk.n_requests
-    if offset != columns.num_rows:
+    position = 0
+    for ids in id_parts:
+        for at in [p for p in wanted if position <= p < position + len(ids)]:
+            if ids[at - position].as_py() != wanted.pop(at):
+                raise dg.Failure(
+                    f"Internal mismatch between the request chunks and the prompts table around "
+                    f"row {at + 1}; nothing was uploaded. Please report this."
+                )
+        position += len(ids)
+    if position != offset or wanted:
         raise dg.Failure(
-            f"The prompts table has {columns.num_rows} rows but {offset} requests were built; "
+            f"The prompts table has {position} rows but {offset} requests were built; "
             "nothing was uploaded. Please report this."
         )
 
@@ -561,11 +613,13 @@ def follow_up(
         )
         return []
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
+        sent_rows = RequestRows()
         chunks = write_request_chunks(
             _request_lines(layout, record.batch_id, retry),
             tmp,
             prefix=f"retry-{record.attempt + 1}",
             endpoint=endpoint,
+            observe=sent_rows.add,
         )
         wanted = pa.array(sorted(retry), pa.string())
 
@@ -580,13 +634,13 @@ def follow_up(
             if layout.exists(layout.inputs_parquet(record.batch_id))
             else keys.select(["custom_id"])
         )
-        _check_alignment(chunks, columns)
+        _check_alignment(chunks, [columns["custom_id"]])
         batches = create_batches(
             context,
             client,
             chunks,
-            columns,
-            keys,
+            RowStream([columns]),
+            RowStream([keys]),
             layout=layout,
             endpoint=endpoint,
             completion_window=completion_window,
@@ -594,6 +648,7 @@ def follow_up(
                 record.submission_id, batch_id, record.attempt + 1, record.batch_id, n
             ),
             on_batch=on_batch,
+            request_rows=RowStream([sent_rows.table()]),
         )
     for batch in batches:
         context.log.info(

@@ -23,6 +23,7 @@ from dagster_together import (
     build_together_batch_defs,
 )
 from dagster_together.requests import RequestTemplate
+from dagster_together.results import join_results
 from tests.helpers import wait_terminal
 
 TEMPLATE = RequestTemplate(
@@ -203,6 +204,17 @@ def test_submit_then_results_end_to_end(
         # Each figure once: no other key spells the token totals.
         assert sum(1 for key in md if key.endswith("total_tokens")) == 2
         assert Path(layout.output_jsonl(batch_id)).exists()
+        # Joined from the submit's request rows: the same table the request file gives.
+        assert Path(layout.request_rows_parquet(batch_id)).exists()
+        from_jsonl = join_results(
+            inputs=layout.input_jsonl(batch_id),
+            input_columns=layout.inputs_parquet(batch_id),
+            outputs=layout.output_jsonl(batch_id),
+            errors=[e for e in [layout.errors_jsonl(batch_id)] if Path(e).exists()],
+            destination=str(tmp_path / "from-jsonl.parquet"),
+            batch_status="COMPLETED",
+        )
+        assert pq.read_table(from_jsonl.destination).equals(written)
         rows.extend({**row, "batch_id": batch_id} for row in written.to_pylist())
         checks_by_batch[batch_id] = checks(out)
         assert checks_by_batch[batch_id]["completeness"].passed
@@ -227,6 +239,30 @@ def test_submit_then_results_end_to_end(
     assert not rate.passed and rate.severity == dg.AssetCheckSeverity.WARN
     assert rate.metadata["error_rate"].value == pytest.approx(0.5)
     assert all(c["error_rate"].passed for b, c in checks_by_batch.items() if b != failed_batch)
+
+
+def test_results_of_an_older_submission_join_the_request_file(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """Without the submit's request rows (an older submission) the request JSONL gives the
+    rows; without the JSONL either, it is downloaded from Together."""
+    prompts = make_prompts_asset(reviews_table(4))
+    bundle = build(str(tmp_path / "store"), prompts, batching=per_batch(2))
+    res = resources(emulator, api_key)
+    assert submit(bundle, prompts, instance, res).success
+    ids = sorted(instance.get_dynamic_partitions(bundle.partitions_def.name))
+    wait_terminal(emulator, ids)
+    layout = bundle.layout
+    expected = {}
+    for batch_id in ids:
+        assert materialize_results(bundle, batch_id, instance, res).success
+        expected[batch_id] = pq.read_table(layout.results_parquet(batch_id))
+        os.remove(layout.request_rows_parquet(batch_id))
+    os.remove(layout.input_jsonl(ids[1]))
+    for batch_id in ids:
+        assert materialize_results(bundle, batch_id, instance, res).success
+        assert pq.read_table(layout.results_parquet(batch_id)).equals(expected[batch_id])
+    assert os.path.exists(layout.input_jsonl(ids[1]))  # downloaded again
 
 
 def test_resubmit_reuses_batches(

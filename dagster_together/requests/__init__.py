@@ -13,8 +13,8 @@ A module per step:
 * :mod:`.images`: images sent inline as ``data:`` URLs;
 * :mod:`.rules`: the API's limits and the per-request rules every step applies;
 * :mod:`.check`: :func:`check_request_file`, the streaming check of a finished file;
-* :mod:`.table`: reading the user's table: :func:`build_requests`, :func:`input_columns_table`,
-  :func:`write_input_columns`;
+* :mod:`.table`: reading the user's table: :func:`build_requests`, :func:`input_columns_table`
+  (:func:`input_columns_batches`), :func:`write_input_columns`;
 * :mod:`.chunks`: :func:`write_request_chunks`, requests cut into files within the limits.
 
 This package imports neither Dagster nor httpx; pyarrow is imported inside the functions that
@@ -34,6 +34,7 @@ from dagster_together.requests.rules import (
 )
 from dagster_together.requests.table import (
     build_requests,
+    input_columns_batches,
     input_columns_table,
     write_input_columns,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "RequestTemplate",
     "build_requests",
     "check_request_file",
+    "input_columns_batches",
     "input_columns_table",
     "write_input_columns",
     "write_request_chunks",

@@ -182,7 +182,8 @@ class _Rules:
                 f"{self.ref(seen[custom_id])}; every custom_id must be unique in the batch "
                 "(results are matched to requests by it)."
             )
-        seen[custom_id] = pos
+        else:
+            seen[custom_id] = pos
         if model not in self.models:
             if self.require_single_model and self.models:
                 where = self.label(pos)

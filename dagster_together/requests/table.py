@@ -56,10 +56,8 @@ class _Source:
         if self.jsonl is not None:
             return None
         if isinstance(self.arrow, tuple):
-            import pyarrow.parquet as pq
-
             fs, path = self.arrow
-            return list(pq.ParquetDataset(path, filesystem=fs).schema.names)
+            return list(_parquet_schema(fs, path).names)
         return list(self.arrow.column_names)
 
     def rows(self, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -96,10 +94,12 @@ class _Source:
         if self.jsonl is not None:
             return False
         if isinstance(self.arrow, tuple):
-            import pyarrow.parquet as pq
-
             fs, path = self.arrow
-            ids = pq.read_table(path, columns=[column], filesystem=fs).column(column)
+            # A batch at a time, on this thread: a threaded read_table holds far more.
+            ids = pa.chunked_array(
+                [b.column(0) for b in _parquet_batches(fs, path, [column])],
+                _parquet_schema(fs, path).field(column).type,
+            )
         else:
             ids = self.arrow.column(column)
         typ = ids.type
@@ -107,7 +107,13 @@ class _Source:
             pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_integer(typ)
         ):
             return False
-        return ids.null_count == 0 and pc.count_distinct(ids).as_py() == len(ids)
+        if ids.null_count or len(ids) < 2:
+            return ids.null_count == 0
+        # Sorted neighbours, not count_distinct: its hash table of a million strings takes
+        # about twice the memory.
+        ids = ids.combine_chunks()
+        ids = ids.take(pc.sort_indices(ids))
+        return not pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
 
     def _jsonl_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         import fsspec
@@ -143,7 +149,15 @@ def _parquet_batches(fs: Any, path: str, columns: list[str]) -> Iterator[Any]:
         files = sorted(p for p in fs.find(path) if p.endswith(_PARQUET_SUFFIXES))
     for file in files:
         with fs.open(file, "rb") as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_size=10_000, columns=columns)
+            yield from pq.ParquetFile(handle).iter_batches(
+                batch_size=10_000, columns=columns, use_threads=False
+            )
+
+
+def _parquet_schema(fs: Any, path: str) -> Any:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetDataset(path, filesystem=fs).schema
 
 
 def sniff_format(fs: Any, path: str) -> str:
@@ -477,39 +491,84 @@ def input_columns_table(
     """
     import pyarrow as pa
 
-    table_source = _Source(source, storage_options)
-    if table_source.jsonl is not None:
-        rows = [row for _, row in table_source.rows([])]
-        table = pa.Table.from_pylist(rows)
-    elif isinstance(table_source.arrow, tuple):
-        import pyarrow.parquet as pq
+    names, parts = input_columns_batches(
+        source, id_column=id_column, columns=columns, storage_options=storage_options
+    )
+    tables = list(parts)
+    if not tables:
+        return pa.table({name: pa.array([], pa.string()) for name in names})
+    return pa.concat_tables(tables)
 
-        fs, path = table_source.arrow
-        table = pq.read_table(path, filesystem=fs)
+
+def input_columns_batches(
+    source: Any,
+    *,
+    id_column: str | None = None,
+    columns: Iterable[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[list[str], Iterator[pa.Table]]:
+    """:func:`input_columns_table` a slice at a time, so that a million rows are never in memory
+    at once: a Parquet source is read a batch at a time (a JSONL one whole).
+
+    Returns:
+        The column names (``custom_id`` first), checked before anything is read, and the slices
+        in order.
+    """
+    import pyarrow as pa
+
+    table_source = _Source(source, storage_options)
+    table: Any = None
+    if table_source.jsonl is not None:
+        table = pa.Table.from_pylist([row for _, row in table_source.rows([])])
+        names = table.column_names
     else:
-        table = table_source.arrow
+        names = table_source.column_names() or []
+        if not isinstance(table_source.arrow, tuple):
+            table = table_source.arrow
     key = id_column or "custom_id"
-    if key not in table.column_names:
+    if key not in names:
         raise InvalidRequestFileError(
-            f"{table_source.name}: has no column {key!r} (columns: {table.column_names})."
+            f"{table_source.name}: has no column {key!r} (columns: {names})."
         )
-    keep = list(columns) if columns is not None else [c for c in table.column_names if c != "body"]
-    missing = [c for c in keep if c not in table.column_names]
+    keep = list(columns) if columns is not None else [c for c in names if c != "body"]
+    missing = [c for c in keep if c not in names]
     if missing:
         raise InvalidRequestFileError(f"{table_source.name}: has no column {missing[0]!r}.")
-    column = table.column(key)
-    if pa.types.is_string(column.type) or pa.types.is_integer(column.type):
-        # The same text as _id_text, without a Python object per row.
-        ids = column.cast(pa.string()).combine_chunks()
-    else:
-        ids = pa.array([_id_text(v) for v in column.to_pylist()], pa.string())
-    if ids.null_count:
-        raise InvalidRequestFileError(
-            f"{table_source.name}: the id column {key!r} has {ids.null_count} null value(s); "
-            "every row needs an id."
-        )
     keep = [c for c in keep if c != "custom_id"]
-    return pa.Table.from_arrays([ids, *(table.column(c) for c in keep)], names=["custom_id", *keep])
+    read = list(dict.fromkeys([key, *keep]))
+    if table is not None:
+        table = table.select(read)
+        # An empty table stays one (empty) slice, so that its columns keep their types.
+        parts: Iterator[Any] = iter(
+            table.to_batches(max_chunksize=_COLUMN_ROWS) if table.num_rows else [table]
+        )
+    else:
+        fs, path = table_source.arrow
+        parts = _parquet_batches(fs, path, read)
+    return ["custom_id", *keep], _keyed(parts, key, keep, table_source.name)
+
+
+_COLUMN_ROWS = 65_536  # rows per slice of input_columns_batches from an in-memory table
+
+
+def _keyed(parts: Iterator[Any], key: str, keep: list[str], name: str) -> Iterator[pa.Table]:
+    import pyarrow as pa
+
+    for part in parts:
+        column = part.column(key)
+        if pa.types.is_string(column.type) or pa.types.is_integer(column.type):
+            # The same text as _id_text, without a Python object per row.
+            ids = column.cast(pa.string())
+        else:
+            ids = pa.array([_id_text(v) for v in column.to_pylist()], pa.string())
+        if ids.null_count:
+            raise InvalidRequestFileError(
+                f"{name}: the id column {key!r} has {ids.null_count} null value(s); "
+                "every row needs an id."
+            )
+        yield pa.Table.from_arrays(
+            [ids, *(part.column(c) for c in keep)], names=["custom_id", *keep]
+        )
 
 
 def write_input_columns(

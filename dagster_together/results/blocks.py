@@ -317,7 +317,7 @@ def _json_error(exc: ValueError) -> str:
     return f"not valid JSON ({exc})"
 
 
-def _give_back_memory() -> None:
+def give_back_memory() -> None:
     """Return freed memory to the OS, so that freed blocks do not pile up in the allocators.
 
     Arrow's pool is asked to release what it caches; glibc's ``malloc_trim`` does the same for
@@ -329,6 +329,9 @@ def _give_back_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+_give_back_memory = give_back_memory  # the name the join's modules use
 
 
 @functools.lru_cache(maxsize=1)

@@ -50,6 +50,42 @@ completions prompt. The raw request lines are not copied: they stay in the input
 results asset keeps it beside the results), one line per ``custom_id``."""
 
 
+def request_prompt(body: Any) -> str | None:
+    """The ``prompt`` input column of one request body, as the join derives it from a request
+    JSONL: the last user message's text, else the audio's ``file``, else the completions
+    ``prompt`` (None when there is none)."""
+    body = body if isinstance(body, dict) else {}
+    prompt = _last_user_text(body.get("messages"))
+    if prompt is None:
+        audio = body.get("file")
+        prompt = audio if isinstance(audio, str) else _text(body.get("prompt"))
+    return prompt
+
+
+def request_rows_table(requests: pa.Table, columns: pa.Table | None = None) -> pa.Table:
+    """The inputs table the join would make from a request JSONL plus ``input_columns``.
+
+    ``requests`` holds ``custom_id`` and :data:`REQUEST_COLUMNS` in request order; ``columns``
+    (``custom_id`` plus the user's columns) lines up with it row for row. The user's columns
+    follow, renamed as the join renames them (``input_prompt``...), so that giving the result as
+    ``inputs=`` yields the same results table without parsing any request JSON.
+    """
+    import pyarrow as pa
+
+    names = ["custom_id", *REQUEST_COLUMNS]
+    arrays = [requests.column(name) for name in names]
+    if columns is not None:
+        if columns.num_rows != requests.num_rows or not columns.column("custom_id").equals(
+            requests.column("custom_id")
+        ):
+            raise ValueError("request_rows_table: the columns do not line up with the requests.")
+        for name in columns.column_names:
+            if name != "custom_id":
+                arrays.append(columns.column(name))
+                names.append(_free_name(name, names))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
 def _last_user_text(messages: Any) -> str | None:
     if not isinstance(messages, list):
         return None
@@ -67,7 +103,8 @@ class _Inputs:
         self.sorted_ids: Any = None  # pa.Array of string, ascending
         self.order: Any = None  # input position of each sorted id (uint32)
         self.table: Any = None  # an in-memory table of input columns, or
-        self.spill: str | None = None  # an IPC stream file of them
+        self.spill: str | None = None  # an IPC stream file of them, or
+        self.parquet: tuple[Any, str] | None = None  # (filesystem, path) of a Parquet file
         self.extra: Any = None  # input_columns aligned to the inputs (in memory)
         self.request_columns = False
 
@@ -145,16 +182,25 @@ class _Inputs:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
+        opened: list[_ParquetColumns] = []
         if self.table is not None:
             parts: Iterator[pa.Table] = (self.table.slice(lo, hi - lo) for lo, hi in bounds)
+        elif self.parquet is not None:
+            columns = _ParquetColumns(*self.parquet)
+            parts = _stream_slices(columns, bounds)
+            opened.append(columns)
         else:
             parts = _stream_slices(ipc.open_stream(pa.OSFile(self.spill)), bounds)
-        for (lo, hi), part in zip(bounds, parts, strict=True):
-            if self.extra is not None:
-                extra = self.extra.slice(lo, hi - lo)
-                for name in extra.column_names:
-                    part = part.append_column(_free_name(name, part.column_names), extra[name])
-            yield part
+        try:
+            for (lo, hi), part in zip(bounds, parts, strict=True):
+                if self.extra is not None:
+                    extra = self.extra.slice(lo, hi - lo)
+                    for name in extra.column_names:
+                        part = part.append_column(_free_name(name, part.column_names), extra[name])
+                yield part
+        finally:
+            for reader in opened:
+                reader.close()
 
 
 def _stream_slices(reader: Any, bounds: list[tuple[int, int]]) -> Iterator[pa.Table]:
@@ -228,6 +274,9 @@ def _read_inputs(inputs: Any, opts: dict[str, Any], spill_dir: str) -> _Inputs:
         raise InvalidRequestFileError(
             f"inputs: mixes Parquet ({parquet[0]}) and JSONL ({jsonl[0]}); give one kind."
         )
+    if len(parquet) == 1:
+        _parquet_file(ins, parquet[0], opts)
+        return ins
     if parquet:
         tables = [_load_table(p, opts) for p in parquet]
         _user_table(ins, pa.concat_tables(tables, promote_options="default"), parquet[0])
@@ -255,6 +304,62 @@ def _user_table(ins: _Inputs, table: pa.Table, where: str) -> None:
             names.append(_free_name(name, names))
             columns.append(table.column(name))
     ins.table = pa.Table.from_arrays(columns, names=names)
+
+
+def _parquet_file(ins: _Inputs, location: str, opts: dict[str, Any]) -> None:
+    """Inputs given as one Parquet file (e.g. the submit's ``request_rows.parquet``): only the
+    ids are read now; the columns are read again, a row group at a time, as they are written."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(location, opts)
+    with fs.open(path, "rb") as handle:
+        reader = pq.ParquetFile(handle)
+        names = reader.schema_arrow.names
+        if "custom_id" not in names:
+            raise InvalidRequestFileError(
+                f"{location}: has no 'custom_id' column (columns: {names}); the inputs "
+                "need the ids the requests were sent with."
+            )
+        ids = [
+            b.column(0)
+            for b in reader.iter_batches(
+                batch_size=65_536, columns=["custom_id"], use_threads=False
+            )
+        ]
+    ins.parquet = (fs, path)
+    ins.index_ids(ids, location)
+
+
+class _ParquetColumns:
+    """The inputs' columns from their Parquet file, renamed as the join names them, read a
+    batch at a time (``read_next_batch``, like an IPC stream reader)."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._handle = fs.open(path, "rb")
+        reader = pq.ParquetFile(self._handle)
+        arrow = reader.schema_arrow
+        order = ["custom_id", *(n for n in arrow.names if n != "custom_id")]
+        names = ["custom_id"]
+        for name in order[1:]:
+            names.append(_free_name(name, names))
+        types = [pa.string(), *(arrow.field(n).type for n in order[1:])]
+        self.schema = pa.schema(list(zip(names, types, strict=True)))
+        self._batches = reader.iter_batches(batch_size=4096, columns=order, use_threads=False)
+
+    def read_next_batch(self) -> pa.RecordBatch:
+        import pyarrow as pa
+
+        batch = next(self._batches)
+        columns = batch.columns
+        if columns[0].type != pa.string():
+            columns = [columns[0].cast(pa.string()), *columns[1:]]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def _request_schema() -> pa.Schema:
@@ -397,10 +502,7 @@ def _request_block_slow(block: _Block, location: str) -> pa.Table:
         body = obj.get("body")
         body = body if isinstance(body, dict) else {}
         model = body.get("model")
-        prompt = _last_user_text(body.get("messages"))
-        if prompt is None:
-            audio = body.get("file")
-            prompt = audio if isinstance(audio, str) else _text(body.get("prompt"))
+        prompt = request_prompt(body)
         ids.append(custom_id)
         models.append(model if isinstance(model, str) else None)
         prompts.append(prompt)

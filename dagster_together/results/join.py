@@ -141,7 +141,10 @@ def join_results(
             ``custom_id`` plus the user's columns: a Parquet location, a pyarrow Table or a pandas
             DataFrame. It decides the rows and their order. From a request JSONL the input columns
             are ``request_model`` and ``prompt`` (the last user message, or the completions
-            prompt); from a table, the table's own columns.
+            prompt); from a table, the table's own columns. The submit writes each batch's
+            ``request_rows.parquet`` (:func:`~dagster_together.requests.rows.write_request_rows`):
+            the same columns as its request JSONL plus the user's, with no JSON to parse. One
+            Parquet file is read a row group at a time, never whole.
         outputs: output JSONL location(s); None or empty when the batch produced none.
         destination: the Parquet file to write (a path or URL ending in ``/`` gets
             ``results.parquet`` inside it).

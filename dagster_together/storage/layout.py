@@ -70,6 +70,11 @@ class BatchStorageLayout:
         """``custom_id`` plus the user's own columns for this batch's requests."""
         return join(self.batch_dir(batch_id), "inputs.parquet")
 
+    def request_rows_parquet(self, batch_id: str) -> str:
+        """``custom_id``, ``request_model``, ``prompt`` and the user's columns, in request order:
+        the results join reads it instead of parsing the request JSONL."""
+        return join(self.batch_dir(batch_id), "request_rows.parquet")
+
     def output_jsonl(self, batch_id: str) -> str:
         """Together's output file."""
         return join(self.batch_dir(batch_id), "output.jsonl")

@@ -382,14 +382,19 @@ def publish_file(
 
 
 def publish_parquet(
-    table: Any, location: str, storage_options: Mapping[str, Any] | None = None
+    table: Any,
+    location: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    row_group_size: int | None = None,
 ) -> None:
-    """Write a pyarrow ``table`` as one Parquet file at ``location``, published atomically."""
+    """Write a pyarrow ``table`` as one Parquet file at ``location``, published atomically
+    (``row_group_size``: rows per row group, pyarrow's default when None)."""
     import pyarrow.parquet as pq
 
     with open_pending(location, storage_options, stage_locally=True) as out:
         assert out.local_path is not None
-        pq.write_table(table, out.local_path)
+        pq.write_table(table, out.local_path, row_group_size=row_group_size)
 
 
 def commit_all(files: Sequence[PendingFile]) -> None:
