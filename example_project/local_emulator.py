@@ -26,6 +26,7 @@ process handling on Linux and macOS.
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import os
 import signal
@@ -93,8 +94,9 @@ def emulator_is_up(port: int = DEFAULT_PORT, timeout: float = 0.5) -> bool:
     try:
         with _OPENER.open(url, timeout=timeout) as resp:
             return resp.status == 200 and json.loads(resp.read()).get("ok") is True
-    except (OSError, ValueError, AttributeError):
-        # Refused, timed out, or something that is not our emulator (not JSON, not a dict).
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        # Refused, timed out, cut off mid-answer (it is stopping), or something that is not our
+        # emulator (not JSON, not a dict).
         return False
 
 

@@ -39,7 +39,7 @@ from example_project.local_emulator import REPO_ROOT, ensure_emulator, stop_emul
 from example_project.pipeline import LOCAL_EMULATOR_API_KEY, N_REVIEWS
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Locator, Page
+    from playwright.sync_api import FloatRect, Locator, Page
 
 __all__ = [
     "CHROMIUM",
@@ -58,7 +58,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 """Debian's Chromium (package ``chromium``): the only browser this project drives."""
 
 IMAGES_DIR = REPO_ROOT / "docs" / "images"
-WIDTH, HEIGHT = 1280, 800
+WIDTH, HEIGHT = 1600, 900
 
 SHOTS = {
     "asset-graph-before": "The asset graph of the reviews group, nothing materialised yet.",
@@ -363,8 +363,26 @@ def _center_graph(page: Page) -> None:
     bottom = max(b["y"] + b["height"] for b in boxes)
     dx = canvas_x + canvas_width / 2 - (left + right) / 2
     dy = canvas_y + canvas_height / 2 - (top + bottom) / 2
+    _drag_graph(page, area, dx, dy)
+
+
+def _drag_into_view(page: Page, node: Locator) -> None:
+    """Drag the graph right until ``node`` clears the canvas's left edge (a side panel that
+    opens on a click narrows the canvas and can push the nodes left of the selection away)."""
+    svg = page.locator("svg").filter(has=page.locator("foreignObject")).first
+    area = svg.locator("xpath=../..").bounding_box()
+    box = node.bounding_box()
+    if area is None or box is None:
+        return
+    margin = 24.0
+    if box["x"] < area["x"] + margin:
+        _drag_graph(page, area, area["x"] + margin - box["x"], 0.0)
+
+
+def _drag_graph(page: Page, area: FloatRect, dx: float, dy: float) -> None:
+    """Drag the graph's canvas (``area``, its toolbar on top) by ``dx``, ``dy`` pixels."""
     # Grab the background above the nodes (the top edge of the canvas is empty).
-    x, y = canvas_x + canvas_width / 2, canvas_y + 12
+    x, y = area["x"] + area["width"] / 2, area["y"] + 56.0 + 12
     page.mouse.move(x, y)
     page.mouse.down()
     page.mouse.move(x + dx, y + dy, steps=10)
@@ -416,7 +434,9 @@ def _walk(page: Page, ui: ExampleUI, camera: _Camera) -> WalkThrough:
     _open_reviews_graph(page, ui.url)
     camera.shoot("asset-graph-before")
     _graph(page).get_by_text("reviews_batches", exact=True).click()
-    _graph(page).get_by_text("reviews", exact=True).click(modifiers=["Shift"])
+    reviews = _graph(page).get_by_text("reviews", exact=True)
+    _drag_into_view(page, reviews)
+    reviews.click(modifiers=["Shift"])
     materialize = page.get_by_role("button", name="Materialize selected (2)")
     expect(materialize).to_be_enabled()
     camera.shoot("materialize-selected")
