@@ -123,13 +123,16 @@ def as_json_schema(schema: Any) -> dict[str, Any]:
 
 
 @dataclass
-class _Node:
+class SchemaNode:
+    """One compiled node of an output schema: its JSON type and constraints (what the answers
+    are checked against, and what the typed columns are built from)."""
+
     kind: str  # one of _TYPES but "null", or "json" (kept as JSON text)
     nullable: bool = False
-    properties: dict[str, _Node] = field(default_factory=dict)
+    properties: dict[str, SchemaNode] = field(default_factory=dict)
     required: frozenset[str] = frozenset()
     closed: bool = False  # additionalProperties: false
-    items: _Node | None = None
+    items: SchemaNode | None = None
     enum: tuple[Any, ...] | None = None
     types: tuple[str, ...] = ()  # for "json": the JSON types allowed (empty: any)
     minimum: float | None = None
@@ -175,9 +178,9 @@ class OutputSchema:
     # ----------------------------------------------------------------------------------------
     # Compiling
     # ----------------------------------------------------------------------------------------
-    def _compile(self, schema: Any, path: str, refs: tuple[str, ...]) -> _Node:
+    def _compile(self, schema: Any, path: str, refs: tuple[str, ...]) -> SchemaNode:
         if schema is True or schema == {}:
-            return _Node("json", nullable=True)
+            return SchemaNode("json", nullable=True)
         if not isinstance(schema, dict):
             raise OutputSchemaError(f"output_schema at {path}: {schema!r} is not a schema object.")
         unknown = sorted(set(schema) - _KEYWORDS - _ANNOTATIONS)
@@ -248,9 +251,9 @@ class OutputSchema:
         if "integer" in types and "number" in types:
             types = [t for t in types if t != "integer"]
         if len(types) != 1:
-            node = _Node("json", nullable=nullable or not types, types=tuple(types))
+            node = SchemaNode("json", nullable=nullable or not types, types=tuple(types))
         else:
-            node = _Node(types[0], nullable=nullable)
+            node = SchemaNode(types[0], nullable=nullable)
         if enum is not None:
             node.enum = tuple(v for v in enum if v is not None)
         node.minimum = _number(schema, "minimum", path)
@@ -380,7 +383,7 @@ def _count(schema: dict[str, Any], key: str, path: str) -> int | None:
     return value
 
 
-def _arrow_type(node: _Node) -> pa.DataType:
+def _arrow_type(node: SchemaNode) -> pa.DataType:
     import pyarrow as pa
 
     if node.kind == "string":
@@ -420,7 +423,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _check(node: _Node, value: Any, path: str) -> Any:
+def _check(node: SchemaNode, value: Any, path: str) -> Any:
     """``value`` checked against ``node`` and shaped for Arrow; raises AnswerError."""
     if value is None:
         if node.nullable:
@@ -494,7 +497,7 @@ def _check(node: _Node, value: Any, path: str) -> Any:
     return value
 
 
-def _bounds(node: _Node, value: float, path: str) -> None:
+def _bounds(node: SchemaNode, value: float, path: str) -> None:
     if node.minimum is not None and value < node.minimum:
         raise AnswerError(f"{path}: {value} is below the minimum {node.minimum}")
     if node.maximum is not None and value > node.maximum:
@@ -505,13 +508,13 @@ def _bounds(node: _Node, value: float, path: str) -> None:
         raise AnswerError(f"{path}: {value} is not below {node.exclusive_maximum}")
 
 
-def _expected(node: _Node) -> str:
+def _expected(node: SchemaNode) -> str:
     if node.kind == "json":
         return " or ".join(node.types) if node.types else "a value"
     return "an " + node.kind if node.kind[0] in "aeiou" else "a " + node.kind
 
 
-def _wrong(node: _Node, value: Any, path: str) -> AnswerError:
+def _wrong(node: SchemaNode, value: Any, path: str) -> AnswerError:
     return AnswerError(
         f"{path}: expected {_expected(node)}, got {_json_type(value)} {_short(value)}"
     )

@@ -100,7 +100,8 @@ def emulator_is_up(port: int = DEFAULT_PORT, timeout: float = 0.5) -> bool:
         return False
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def read_pid(pid_file: Path) -> int | None:
+    """The pid written in ``pid_file``, or None when there is none (or it is not a number)."""
     try:
         return int(pid_file.read_text().strip())
     except (OSError, ValueError):
@@ -135,7 +136,7 @@ def ensure_emulator(
     state = Path(state_dir)
     pid_file = state / "emulator.pid"
     if emulator_is_up(port):
-        return LocalEmulator(_base_url(port), port, _read_pid(pid_file), False, state)
+        return LocalEmulator(_base_url(port), port, read_pid(pid_file), False, state)
 
     state.mkdir(parents=True, exist_ok=True)
     log_file = state / "emulator.log"
@@ -143,7 +144,7 @@ def ensure_emulator(
         # Blocks while another process is starting the emulator; released when the file closes.
         fcntl.flock(lock, fcntl.LOCK_EX)
         if emulator_is_up(port):
-            return LocalEmulator(_base_url(port), port, _read_pid(pid_file), False, state)
+            return LocalEmulator(_base_url(port), port, read_pid(pid_file), False, state)
         with open(log_file, "ab") as log:
             proc = subprocess.Popen(
                 [
@@ -217,6 +218,6 @@ def stop_emulator(emulator: LocalEmulator) -> bool:
         return False
     _terminate(emulator.pid)
     pid_file = emulator.state_dir / "emulator.pid"
-    if _read_pid(pid_file) == emulator.pid:
+    if read_pid(pid_file) == emulator.pid:
         pid_file.unlink(missing_ok=True)
     return True

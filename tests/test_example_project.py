@@ -312,11 +312,11 @@ def local_emulator_stopped_after() -> Iterator[None]:
     """
     pid_file = local_emulator.DEMO_DIR / "emulator.pid"
     was_up = local_emulator.emulator_is_up(local_emulator.DEFAULT_PORT)
-    pid_before = local_emulator._read_pid(pid_file)
+    pid_before = local_emulator.read_pid(pid_file)
     try:
         yield
     finally:
-        pid = local_emulator._read_pid(pid_file)
+        pid = local_emulator.read_pid(pid_file)
         if not was_up and pid is not None and pid != pid_before:
             port = local_emulator.DEFAULT_PORT
             started = local_emulator.LocalEmulator(

@@ -29,7 +29,7 @@ from dagster_together.results.arrow import (
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from dagster_together.output_schema import OutputSchema, _Node
+    from dagster_together.output_schema import OutputSchema, SchemaNode
 
 _MIN_PIECE = 64  # a refused block is halved down to this many rows, then left to Python
 
@@ -121,7 +121,7 @@ def _as_jsonl(strings: pa.Array) -> pa.Buffer:
 
 
 # -- what the checks cover -----------------------------------------------------------------------
-def _supported(node: _Node) -> bool:
+def _supported(node: SchemaNode) -> bool:
     """Whether every node of the schema is checked here (else every row goes to Python)."""
     if node.kind == "json" or node.pattern is not None:
         return False
@@ -146,7 +146,7 @@ def _same_kind(kind: str, value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _all_closed(node: _Node) -> bool:
+def _all_closed(node: SchemaNode) -> bool:
     """Every object of the schema refuses extra fields (then the reader refuses them too, and
     a key seen in the text is one of the schema's)."""
     if node.kind == "object":
@@ -156,7 +156,7 @@ def _all_closed(node: _Node) -> bool:
     return True
 
 
-def _nested_names(node: _Node) -> set[str]:
+def _nested_names(node: SchemaNode) -> set[str]:
     """Property names used by the objects below ``node``."""
     names: set[str] = set()
     for sub in [*node.properties.values(), *([node.items] if node.items else [])]:
@@ -166,7 +166,7 @@ def _nested_names(node: _Node) -> set[str]:
 
 # -- the checks: True where the value is certainly valid -----------------------------------------
 def _object_ok(
-    node: _Node, values: Any, texts: pa.Array | None, closed: bool, top: bool = False
+    node: SchemaNode, values: Any, texts: pa.Array | None, closed: bool, top: bool = False
 ) -> pa.Array:
     """Per row of a struct array (or the top table), True where every property passes.
 
@@ -200,7 +200,7 @@ def _object_ok(
     return ok
 
 
-def _value_ok(node: _Node, values: Any, closed: bool) -> pa.Array:
+def _value_ok(node: SchemaNode, values: Any, closed: bool) -> pa.Array:
     """Per element (non-null ones; nulls may come back null), True where ``node`` passes."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -251,7 +251,7 @@ def _value_ok(node: _Node, values: Any, closed: bool) -> pa.Array:
     return ok
 
 
-def _enum_values(node: _Node, typ: pa.DataType) -> pa.Array:
+def _enum_values(node: SchemaNode, typ: pa.DataType) -> pa.Array:
     """The enum's values as an array of ``typ`` (built from buffers: no pandas import)."""
     import array
 
