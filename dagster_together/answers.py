@@ -69,6 +69,13 @@ class AnswerStore:
 
         from dagster_together.keyset import KeySet
 
+        if not self.has_answers():  # no keys to hash
+            return pa.table(
+                {
+                    "key": pa.array([], pa.string()),
+                    "batch_id": pa.array([], pa.dictionary(pa.int32(), pa.string())),
+                }
+            )
         wanted = KeySet(keys)
         paid_by = np.full(len(wanted), -1, dtype=np.int32)  # per key: which batch, or -1
         batch_ids: list[str] = []
@@ -86,6 +93,10 @@ class AnswerStore:
                 ),
             }
         )
+
+    def has_answers(self) -> bool:
+        """Whether the store holds any answer file (an empty or missing store does not)."""
+        return next(self._fragments(None), None) is not None
 
     def matches(
         self,

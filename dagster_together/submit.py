@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,8 @@ from dagster_together.submissions import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from dagster_together.client import BatchJob, TogetherClient
     from dagster_together.requests import AudioTemplate, RequestChunk, RequestTemplate
 
@@ -155,19 +157,16 @@ def submit_prompts(
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
         # 1. Build, validate, look up and estimate everything before the first byte goes out.
         try:
-            keys = _Keys(endpoint)
+            keys = _Keys(endpoint, spill=os.path.join(tmp, "keys.arrows"))
             sent_rows = RequestRows(spill=os.path.join(tmp, "request-rows.arrows"))
-            paid_by: dict[str, str] = {}  # content key -> the batch that answered it before
-            key_column = None
+            hits = None  # key and batch_id of the requests the answer store answers
             if resubmit.use_answer_cache:
                 keys.add_all(requests())
-                key_column = keys.keys()
-                hits = AnswerStore(layout).lookup(key_column)
-                paid_by = dict(
-                    zip(hits["key"].to_pylist(), hits["batch_id"].to_pylist(), strict=True)
-                )
+                store = AnswerStore(layout)
+                if store.has_answers():  # else there is nothing to hold every key in memory for
+                    hits = store.lookup(keys.keys())
                 give_back_memory()  # each pass over the prompts frees what it read
-            cached_ids = keys.ids_of(paid_by)
+            cached_ids = keys.ids_of(hits["key"].combine_chunks()) if hits is not None else set()
 
             def observe(request: Any) -> None:
                 estimate.add(request)
@@ -222,17 +221,13 @@ def submit_prompts(
         schema = getattr(template, "schema", None)
         if schema is not None:
             submissions.write_schema(submission_id, schema)
-        if key_column is None:  # without the cache the keys were taken as the files were written
-            key_column = keys.keys()
         submissions.write_inputs(
-            submission_id,
-            _with_keys(user_columns()[1], key_column, _paid_by_column(key_column, paid_by)),
+            submission_id, _with_keys(user_columns()[1], RowStream(keys.blocks()), hits)
         )
         give_back_memory()
         if not chunks:
             return submission
         _log_estimate(context, submission, cost)
-        keys_table = pa.table({"custom_id": keys.ids(), "key": key_column})
         cached = pa.array(sorted(cached_ids), pa.string())
 
         def sent_columns() -> Any:
@@ -242,10 +237,13 @@ def submit_prompts(
                     part = part.filter(pc.invert(pc.is_in(part["custom_id"], value_set=cached)))
                 yield part
 
-        if cached_ids:
-            keys_table = keys_table.filter(
-                pc.invert(pc.is_in(keys_table["custom_id"], value_set=cached))
-            )
+        def sent_keys() -> Any:
+            """``custom_id`` and ``key`` of the rows sent."""
+            for part in keys.blocks():
+                if len(cached):
+                    part = part.filter(pc.invert(pc.is_in(part["custom_id"], value_set=cached)))
+                yield part
+
         _check_alignment(chunks, (part["custom_id"] for part in sent_columns()))
         submission.batches.extend(
             create_batches(
@@ -253,7 +251,7 @@ def submit_prompts(
                 client,
                 chunks,
                 RowStream(sent_columns()),
-                RowStream([keys_table]),
+                RowStream(sent_keys()),
                 layout=layout,
                 endpoint=endpoint,
                 completion_window=batching.completion_window,
@@ -366,17 +364,19 @@ def create_batches(
 
 
 class _Keys:
-    """The ``custom_id`` and content key of every request, in input order, kept as Arrow arrays:
-    two Python strings per request would pin more memory than the request files hold."""
+    """The ``custom_id`` and content key of every request, in input order, as Arrow blocks
+    written to a local ``spill`` file: held in memory they would be what grows with the prompts."""
 
     _BLOCK = 10_000
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, spill: str) -> None:
         self.endpoint = endpoint
         self.count = 0
         self._ids: list[str] = []
         self._keys: list[str] = []
-        self._blocks: list[tuple[Any, Any]] = []  # (ids, keys) as pyarrow arrays
+        self._spill = spill
+        self._writer: Any = None
+        self._written = False  # the spill file is complete: it is being read
 
     def add(self, request: Any) -> None:
         try:
@@ -395,66 +395,72 @@ class _Keys:
 
     def _flush(self) -> None:
         import pyarrow as pa
+        import pyarrow.ipc as ipc
 
+        if self._writer is None:
+            self._writer = ipc.new_stream(self._spill, _keys_schema())
         if self._keys:
-            self._blocks.append(
-                (pa.array(self._ids, pa.string()), pa.array(self._keys, pa.string()))
-            )
+            ids, keys = pa.array(self._ids, pa.string()), pa.array(self._keys, pa.string())
+            self._writer.write_table(pa.Table.from_arrays([ids, keys], schema=_keys_schema()))
             self._ids, self._keys = [], []
 
-    def _column(self, index: int) -> Any:
+    def blocks(self) -> Iterator[pa.Table]:
+        """``custom_id`` and ``key`` of every request added (none can be added after), a block
+        at a time, read back from the spill file."""
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        if not self._written:
+            self._flush()
+            self._writer.close()
+            self._written = True
+        with ipc.open_stream(pa.OSFile(self._spill)) as reader:
+            for batch in reader:
+                yield pa.Table.from_batches([batch])
+
+    def keys(self) -> pa.ChunkedArray:
+        """Every content key, as a pyarrow chunked string array."""
         import pyarrow as pa
 
-        self._flush()
-        if len(self._blocks) != 1:  # one array each from now on: the blocks are let go
-            empty = pa.array([], pa.string())
-            self._blocks = [
-                (
-                    pa.concat_arrays([ids for ids, _ in self._blocks] or [empty]),
-                    pa.concat_arrays([keys for _, keys in self._blocks] or [empty]),
-                )
-            ]
-        return self._blocks[0][index]
+        return pa.chunked_array(
+            [b.column("key").combine_chunks() for b in self.blocks()], pa.string()
+        )
 
-    def keys(self) -> Any:
-        """Every content key, as one pyarrow string array."""
-        return self._column(1)
-
-    def ids(self) -> Any:
-        """Every ``custom_id``, as one pyarrow string array."""
-        return self._column(0)
-
-    def ids_of(self, keys: Collection[str]) -> set[str]:
+    def ids_of(self, keys: pa.Array) -> set[str]:
         """The ``custom_id`` of the requests with one of ``keys``."""
-        import pyarrow as pa
         import pyarrow.compute as pc
 
-        if not keys:
+        if not len(keys):
             return set()
-        wanted = pc.is_in(self._column(1), value_set=pa.array(list(keys), pa.string()))
-        return set(self._column(0).filter(wanted).to_pylist())
+        found: set[str] = set()
+        for block in self.blocks():
+            wanted = pc.is_in(block["key"], value_set=keys)
+            found.update(block["custom_id"].filter(wanted).to_pylist())
+        return found
 
 
-def _with_keys(parts: Iterable[Any], keys: Any, paid_by: Any) -> Iterator[Any]:
-    """Each slice of the user's columns with its rows' ``key`` and ``cached_batch_id``."""
-    offset = 0
-    for part in parts:
-        n = part.num_rows
-        yield part.append_column("key", keys.slice(offset, n)).append_column(
-            "cached_batch_id", paid_by.slice(offset, n)
-        )
-        offset += n
+def _keys_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([("custom_id", pa.string()), ("key", pa.string())])
 
 
-def _paid_by_column(keys: Any, paid_by: dict[str, str]) -> Any:
-    """The batch that answered each key before (null for a new request), as a pyarrow array."""
+def _with_keys(parts: Iterable[Any], keys: RowStream, hits: pa.Table | None) -> Iterator[Any]:
+    """Each slice of the user's columns with its rows' ``key`` and ``cached_batch_id``, the
+    batch that answered it before (``keys`` holds the rows' keys in the same order; ``hits``
+    the store's ``key`` and ``batch_id`` of those it answers)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not paid_by:
-        return pa.nulls(len(keys), pa.string())
-    index = pc.index_in(keys, value_set=pa.array(list(paid_by), pa.string()))
-    return pa.array(list(paid_by.values()), pa.string()).take(index)
+    hit_keys = hits["key"].combine_chunks() if hits is not None and hits.num_rows else None
+    for part in parts:
+        key = keys.take(part.num_rows)["key"]
+        if hits is None or hit_keys is None:
+            paid_by = pa.nulls(len(key), pa.string())
+        else:
+            index = pc.index_in(key, value_set=hit_keys)
+            paid_by = pc.take(hits["batch_id"], index).cast(pa.string())
+        yield part.append_column("key", key).append_column("cached_batch_id", paid_by)
 
 
 def prove_writable(layout: BatchStorageLayout) -> None:
