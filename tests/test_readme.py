@@ -13,8 +13,10 @@ from types import ModuleType
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 
+from dagster_together.requests import build_requests
 from tests.docs_blocks import README, blocks
 from tests.helpers import wait_terminal
 
@@ -48,15 +50,15 @@ def fresh_location(
 
 def test_the_readme_has_the_snippets_this_test_runs() -> None:
     snippets = python_snippets()
-    assert len(snippets) == 7
-    assert "build_together_batch_defs(" in snippets[0] and "TogetherClient()" in snippets[6]
+    assert len(snippets) == 11
+    assert "build_together_batch_defs(" in snippets[0] and "TogetherClient()" in snippets[10]
 
 
 def test_code_location_snippets_run_as_pasted(
     fresh_location: Path, emulator: Any, instance: dg.DagsterInstance
 ) -> None:
-    # The first six snippets build on each other (the second reuses `reviews`, ...).
-    code = "\n\n".join(python_snippets()[:6])
+    # The first ten snippets build on each other (the second reuses `reviews`, ...).
+    code = "\n\n".join(python_snippets()[:10])
     code += "\n\nteam = build_together_batch_defs(name='team', prompts=reviews, storage='data/team', translator=TeamTranslator())\n"
     (fresh_location / "definitions.py").write_text(code)
     module = _load(fresh_location / "definitions.py")
@@ -113,6 +115,29 @@ def test_code_location_snippets_run_as_pasted(
     checks = {c.name for c in module.extract.results_asset.check_specs}
     assert "invalid_output_rate" in checks
 
+    # The README's templates: each builds its requests from a table with those columns.
+    table = pa.table(
+        {
+            "review_id": ["r1"],
+            "text": ["Great!"],
+            "photo": ["https://example.com/r1.png"],
+            "recording_url": ["https://example.com/r1.mp3"],
+        }
+    )
+    for template in (module.templated, module.described, module.structured):
+        [request] = list(build_requests(table, template=template, id_column="review_id"))
+        assert request["body"]["model"] == template.model
+    [audio] = list(
+        build_requests(
+            table,
+            template=module.transcribed,
+            id_column="review_id",
+            endpoint="/v1/audio/transcriptions",
+        )
+    )
+    assert audio["body"]["file"] == "https://example.com/r1.mp3"
+    assert module.structured.schema is not None
+
 
 def test_plain_python_snippet_runs_as_pasted(fresh_location: Path) -> None:
     with open("requests.jsonl", "w") as handle:
@@ -120,7 +145,7 @@ def test_plain_python_snippet_runs_as_pasted(fresh_location: Path) -> None:
             body = {"model": "m", "messages": [{"role": "user", "content": f"hi {i}"}]}
             handle.write(json.dumps({"custom_id": f"r{i}", "body": body}) + "\n")
     scope: dict[str, Any] = {}
-    exec(python_snippets()[6], scope)
+    exec(python_snippets()[10], scope)
     scope["client"].close()
     assert scope["summary"].counts["succeeded"] == 3
     assert (fresh_location / "results.parquet").exists()
