@@ -18,9 +18,9 @@ import dagster as dg
 
 from dagster_together.answers import AnswerStore, request_key
 from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
+from dagster_together.memory import give_back_memory
 from dagster_together.options import BatchingOptions, ResubmitOptions
 from dagster_together.requests.rows import RequestRows, RowStream, write_request_rows
-from dagster_together.results.blocks import give_back_memory
 from dagster_together.storage import BatchStorageLayout, publish_parquet
 from dagster_together.submissions import (
     BatchRecord,
@@ -360,6 +360,8 @@ def create_batches(
                 input_copy=input_copy,
             )
         )
+        del batch_columns, batch_keys, batch_rows
+        give_back_memory()  # each batch's tables are freed: the next one reuses the memory
     return batches
 
 

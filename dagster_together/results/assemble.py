@@ -14,6 +14,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.memory import give_back_memory
 from dagster_together.results import blocks, outputs
 from dagster_together.results.arrow import (
     _first_of_runs,
@@ -24,7 +25,6 @@ from dagster_together.results.arrow import (
     _str,
     _strings,
 )
-from dagster_together.results.blocks import _give_back_memory
 from dagster_together.results.buckets import _Buckets
 from dagster_together.results.inputs import _Inputs
 from dagster_together.results.outputs import _Report, _row_schema
@@ -93,7 +93,7 @@ def _assemble(
         bounds = buckets.bounds(ins.n)
         for b, ((lo, hi), inputs) in enumerate(zip(bounds, ins.slices(bounds), strict=True)):
             if b and b % blocks._TRIM_EVERY == 0:
-                _give_back_memory()
+                give_back_memory()
             spilled = buckets.read(b)
             if spilled is not None:
                 results = _pick(spilled, lo, hi, inputs, report)

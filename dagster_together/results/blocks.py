@@ -7,14 +7,13 @@ pyarrow refuses is halved (by the inputs' and the outputs' readers) until pieces
 ``_SLOW_LINES`` lines or fewer are read with :mod:`json` (:func:`_text` and :func:`_json_error`
 serve that slow path). Every
 ``_TRIM_EVERY`` blocks or buckets, freed memory is handed back to the OS
-(:func:`_give_back_memory`).
+(:func:`dagster_together.memory.give_back_memory`).
 """
 
 from __future__ import annotations
 
 import array
 import collections
-import functools
 import json
 import os
 import queue
@@ -315,30 +314,3 @@ def _json_error(exc: ValueError) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"not valid JSON ({exc.msg}, column {exc.colno})"
     return f"not valid JSON ({exc})"
-
-
-def give_back_memory() -> None:
-    """Return freed memory to the OS, so that freed blocks do not pile up in the allocators.
-
-    Arrow's pool is asked to release what it caches; glibc's ``malloc_trim`` does the same for
-    the big Python buffers the reader used (where there is no glibc this does nothing).
-    """
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-_give_back_memory = give_back_memory  # the name the join's modules use
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None

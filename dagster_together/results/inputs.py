@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.memory import give_back_memory
 from dagster_together.results import blocks
 from dagster_together.results.arrow import (
     _bool,
@@ -28,7 +29,6 @@ from dagster_together.results.arrow import (
 from dagster_together.results.blocks import (
     _as_list,
     _Block,
-    _give_back_memory,
     _json_error,
     _line_blocks,
     _pa_read,
@@ -404,7 +404,7 @@ def _request_files(
                     writer.write_table(part, max_chunksize=4096)
                     ids.extend(part.column("custom_id").chunks)
                 if k % blocks._TRIM_EVERY == 0:
-                    _give_back_memory()
+                    give_back_memory()
     ins.index_ids(ids, locations[0] if len(locations) == 1 else "inputs")
 
 

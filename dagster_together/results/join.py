@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.memory import give_back_memory
 from dagster_together.results import blocks
 from dagster_together.results.assemble import _assemble
-from dagster_together.results.blocks import Locations, _as_list, _give_back_memory
+from dagster_together.results.blocks import Locations, _as_list
 from dagster_together.results.buckets import _Buckets
 from dagster_together.results.inputs import _read_inputs
 from dagster_together.results.outputs import _read_results, _Report
@@ -200,7 +201,7 @@ def join_results(
         ins = _read_inputs(inputs, opts, spill_dir)
         if input_columns is not None:
             ins.add_columns(input_columns, opts)
-        _give_back_memory()
+        give_back_memory()
         buckets = _Buckets(ins.n, _result_bytes(outputs, errors, opts), spill_dir)
         # Rows are spilled a few blocks at a time: each spill writes one segment per bucket it
         # touches, so bigger spills mean fewer, larger writes.
@@ -213,20 +214,20 @@ def join_results(
                 buckets.add(_concat(held), ins, report)
                 held, held_bytes = [], 0
             if k % blocks._TRIM_EVERY == 0:
-                _give_back_memory()
+                give_back_memory()
         if held:
             buckets.add(_concat(held), ins, report)
         del held
         buckets.close_writers()
         ins.forget_ids()  # the lookups are done: the biggest per-input structure can go
-        _give_back_memory()
+        give_back_memory()
         fields = _assemble(ins, buckets, destination, opts, default_status, report, schema)
     finally:
         results.close()
         if buckets is not None:
             buckets.close()
         shutil.rmtree(spill_dir, ignore_errors=True)
-        _give_back_memory()
+        give_back_memory()
     summary = JoinSummary(**{**fields, "batch_status": batch_status})
     logger.info(
         "Joined %s inputs into %s: %s; %s unknown, %s duplicate, %s malformed lines",
