@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterLibraryRegistry
 
-from dagster_together import memory as memory  # first: it picks Arrow's allocator
 from dagster_together.assets import TogetherBatchDefs, build_together_batch_defs
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject
 from dagster_together.components import TogetherBatchComponent
