@@ -145,14 +145,18 @@ def submit_prompts(
     prove_writable(layout)
     estimate = CostEstimate()
 
+    unique: list[bool] = []  # what the first pass found: the second need not sort the ids again
+
     def requests() -> Any:
-        return build_requests(
+        built = build_requests(
             prompts,
             template=template,
             id_column=id_column,
             endpoint=endpoint,
             storage_options=layout.storage_options,
+            unique_ids=unique[0] if unique else None,
         )
+        return built
 
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
         # 1. Build, validate, look up and estimate everything before the first byte goes out.
@@ -161,7 +165,9 @@ def submit_prompts(
             sent_rows = RequestRows(spill=os.path.join(tmp, "request-rows.arrows"))
             hits = None  # key and batch_id of the requests the answer store answers
             if resubmit.use_answer_cache:
-                keys.add_all(requests())
+                first = requests()
+                keys.add_all(first)
+                unique.append(bool(first.naming.unique_ids))
                 store = AnswerStore(layout)
                 if store.has_answers():  # else there is nothing to hold every key in memory for
                     hits = store.lookup(keys.keys())
@@ -365,6 +371,9 @@ def create_batches(
     return batches
 
 
+_GIVE_BACK_BLOCKS = 10  # blocks of keys between two hand-backs of freed memory
+
+
 class _Keys:
     """The ``custom_id`` and content key of every request, in input order, as Arrow blocks
     written to a local ``spill`` file: held in memory they would be what grows with the prompts."""
@@ -405,6 +414,8 @@ class _Keys:
             ids, keys = pa.array(self._ids, pa.string()), pa.array(self._keys, pa.string())
             self._writer.write_table(pa.Table.from_arrays([ids, keys], schema=_keys_schema()))
             self._ids, self._keys = [], []
+            if self.count % (self._BLOCK * _GIVE_BACK_BLOCKS) == 0:
+                give_back_memory()  # a pass over every prompt frees as much as it allocates
 
     def blocks(self) -> Iterator[pa.Table]:
         """``custom_id`` and ``key`` of every request added (none can be added after), a block

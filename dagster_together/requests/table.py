@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.memory import give_back_memory
 from dagster_together.requests.rules import _DECODER, RowNaming, json_type
 from dagster_together.requests.template import AUDIO, AudioTemplate, RequestTemplate
 from dagster_together.storage import filesystem, open_pending
@@ -113,7 +114,10 @@ class _Source:
         # about twice the memory.
         ids = ids.combine_chunks()
         ids = ids.take(pc.sort_indices(ids))
-        return not pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
+        unique = not pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
+        del ids
+        give_back_memory()  # the sorted copies are the largest thing the submit makes
+        return unique
 
     def _jsonl_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         import fsspec
@@ -255,6 +259,7 @@ def build_requests(
     id_column: str | None = None,
     endpoint: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    unique_ids: bool | None = None,
 ) -> TableRequests:
     """Yield batch requests ``{"custom_id": ..., "body": {...}}`` from a user's table, lazily.
 
@@ -281,6 +286,9 @@ def build_requests(
             ``method`` column or key is kept as it is).
         storage_options: passed to fsspec for URLs (the table's, and images inlined with
             ``inline_images``).
+        unique_ids: what an earlier pass over the same table found (its
+            ``naming.unique_ids``): True skips sorting the ids again to know they are distinct.
+            None (the default) checks.
 
     Raises:
         InvalidRequestFileError: a column the template uses is missing; a row without id, with a
@@ -292,7 +300,7 @@ def build_requests(
     """
     naming = RowNaming()
     return TableRequests(
-        naming, _build(source, template, id_column, endpoint, storage_options, naming)
+        naming, _build(source, template, id_column, endpoint, storage_options, naming, unique_ids)
     )
 
 
@@ -303,6 +311,7 @@ def _build(
     endpoint: str | None,
     storage_options: Mapping[str, Any] | None,
     naming: RowNaming,
+    unique_ids: bool | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     table = _Source(source, storage_options)
     naming.source, naming.unit = table.name, table.unit
@@ -315,7 +324,7 @@ def _build(
                 "build the requests from your own columns."
             )
         method = "FILE" if endpoint in AUDIO else None
-        naming.unique_ids = table.unique_ids("custom_id")
+        naming.unique_ids = unique_ids or table.unique_ids("custom_id")
         yield from _prebuilt(table, naming, names, method)
         return
     if endpoint is not None and endpoint != template.endpoint:
@@ -340,7 +349,7 @@ def _build(
                     f"{table.name}: has no column {column!r}, which the template uses "
                     f"({where}); columns: {names}. Check the template's column names."
                 )
-    naming.unique_ids = table.unique_ids(id_column)
+    naming.unique_ids = unique_ids or table.unique_ids(id_column)
     wanted = list(dict.fromkeys([id_column, *used]))
     if isinstance(template, AudioTemplate):
         make = _audio_body(template, naming, id_column)
