@@ -9,6 +9,7 @@ import os
 import posixpath
 import re
 from collections.abc import Callable, Container, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -193,6 +194,12 @@ class _ChunkWriter:
         self.chunks: list[RequestChunk] = []
         self.files: list[PendingFile] = []
         self.handle: PendingFile | None = None
+        # Writing and hashing a block (both release the GIL) overlap building the next one; one
+        # block in flight at most, written in order.
+        self.worker = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="dagster-together-chunks"
+        )
+        self.pending: Future[None] | None = None
 
     def _open(self) -> None:
         self.path = join(self.destination, f"{self.prefix}-{len(self.chunks):05d}.jsonl")
@@ -208,13 +215,20 @@ class _ChunkWriter:
     def _flush(self) -> None:
         assert self.handle is not None
         data = b"".join(self.block)
-        self.handle.write(data)
-        self.digest.update(data)
+        self._wait()
+        self.pending = self.worker.submit(_write_and_hash, self.handle, self.digest, data)
         self.block.clear()
         self.block_size = 0
 
+    def _wait(self) -> None:
+        """Wait for the block in flight; raises what its write raised."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
     def _close(self) -> None:
         self._flush()
+        self._wait()
         self.handle = None
         self.chunks.append(
             RequestChunk(
@@ -251,8 +265,16 @@ class _ChunkWriter:
         return self.chunks
 
     def abort(self) -> None:
+        if self.pending is not None:
+            self.pending.exception()  # a file is not aborted under its write
+        self.worker.shutdown(wait=True)
         for pending in self.files:
             pending.abort()
+
+
+def _write_and_hash(handle: PendingFile, digest: Any, data: bytes) -> None:
+    handle.write(data)
+    digest.update(data)
 
 
 def _remove_stale(
