@@ -418,6 +418,6 @@ def _copy(local_path: str, out: PendingFile) -> None:
     # malloc keeps, and the process grows by a few of them per file copied.
     buffer = bytearray(_COPY_SIZE)
     view = memoryview(buffer)
-    with open(local_path, "rb", buffering=0) as source:
+    with open(local_path, "rb") as source:  # buffered: readinto fills the buffer from a pipe too
         while size := source.readinto(buffer):
             out.write(view[:size])
