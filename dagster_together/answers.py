@@ -69,13 +69,6 @@ class AnswerStore:
 
         from dagster_together.keyset import KeySet
 
-        if not self.has_answers():  # no keys to hash
-            return pa.table(
-                {
-                    "key": pa.array([], pa.string()),
-                    "batch_id": pa.array([], pa.dictionary(pa.int32(), pa.string())),
-                }
-            )
         wanted = KeySet(keys)
         paid_by = np.full(len(wanted), -1, dtype=np.int32)  # per key: which batch, or -1
         batch_ids: list[str] = []

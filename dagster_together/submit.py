@@ -20,7 +20,7 @@ from dagster_together.answers import AnswerStore, request_key
 from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.memory import give_back_memory
 from dagster_together.options import BatchingOptions, ResubmitOptions
-from dagster_together.requests.rows import RequestRows, RowStream, write_request_rows
+from dagster_together.requests.rows import RequestRows, RowStream, TableSpill, write_request_rows
 from dagster_together.storage import BatchStorageLayout, publish_parquet
 from dagster_together.submissions import (
     BatchRecord,
@@ -145,18 +145,17 @@ def submit_prompts(
     prove_writable(layout)
     estimate = CostEstimate()
 
-    unique: list[bool] = []  # what the first pass found: the second need not sort the ids again
+    unique_ids: bool | None = None  # what a first pass found: the next need not sort the ids again
 
     def requests() -> Any:
-        built = build_requests(
+        return build_requests(
             prompts,
             template=template,
             id_column=id_column,
             endpoint=endpoint,
             storage_options=layout.storage_options,
-            unique_ids=unique[0] if unique else None,
+            unique_ids=unique_ids,
         )
-        return built
 
     with tempfile.TemporaryDirectory(prefix="dagster-together-") as tmp:
         # 1. Build, validate, look up and estimate everything before the first byte goes out.
@@ -167,7 +166,7 @@ def submit_prompts(
             if resubmit.use_answer_cache:
                 first = requests()
                 keys.add_all(first)
-                unique.append(bool(first.naming.unique_ids))
+                unique_ids = first.naming.unique_ids
                 store = AnswerStore(layout)
                 if store.has_answers():  # else there is nothing to hold every key in memory for
                     hits = store.lookup(keys.keys())
@@ -236,19 +235,15 @@ def submit_prompts(
         _log_estimate(context, submission, cost)
         cached = pa.array(sorted(cached_ids), pa.string())
 
-        def sent_columns() -> Any:
-            """The user's columns of the rows sent (the store answers the others)."""
-            for part in user_columns()[1]:
+        def sent(parts: Iterable[pa.Table]) -> Iterator[pa.Table]:
+            """The rows of ``parts`` that are sent (the store answers the others)."""
+            for part in parts:
                 if len(cached):
                     part = part.filter(pc.invert(pc.is_in(part["custom_id"], value_set=cached)))
                 yield part
 
-        def sent_keys() -> Any:
-            """``custom_id`` and ``key`` of the rows sent."""
-            for part in keys.blocks():
-                if len(cached):
-                    part = part.filter(pc.invert(pc.is_in(part["custom_id"], value_set=cached)))
-                yield part
+        def sent_columns() -> Iterator[pa.Table]:
+            return sent(user_columns()[1])
 
         _check_alignment(chunks, (part["custom_id"] for part in sent_columns()))
         submission.batches.extend(
@@ -257,7 +252,7 @@ def submit_prompts(
                 client,
                 chunks,
                 RowStream(sent_columns()),
-                RowStream(sent_keys()),
+                RowStream(sent(keys.blocks())),
                 layout=layout,
                 endpoint=endpoint,
                 completion_window=batching.completion_window,
@@ -371,9 +366,6 @@ def create_batches(
     return batches
 
 
-_GIVE_BACK_BLOCKS = 10  # blocks of keys between two hand-backs of freed memory
-
-
 class _Keys:
     """The ``custom_id`` and content key of every request, in input order, as Arrow blocks
     written to a local ``spill`` file: held in memory they would be what grows with the prompts."""
@@ -385,9 +377,7 @@ class _Keys:
         self.count = 0
         self._ids: list[str] = []
         self._keys: list[str] = []
-        self._spill = spill
-        self._writer: Any = None
-        self._written = False  # the spill file is complete: it is being read
+        self._blocks = TableSpill(spill)
 
     def add(self, request: Any) -> None:
         try:
@@ -406,30 +396,17 @@ class _Keys:
 
     def _flush(self) -> None:
         import pyarrow as pa
-        import pyarrow.ipc as ipc
 
-        if self._writer is None:
-            self._writer = ipc.new_stream(self._spill, _keys_schema())
         if self._keys:
             ids, keys = pa.array(self._ids, pa.string()), pa.array(self._keys, pa.string())
-            self._writer.write_table(pa.Table.from_arrays([ids, keys], schema=_keys_schema()))
+            self._blocks.append(pa.Table.from_arrays([ids, keys], schema=_keys_schema()))
             self._ids, self._keys = [], []
-            if self.count % (self._BLOCK * _GIVE_BACK_BLOCKS) == 0:
-                give_back_memory()  # a pass over every prompt frees as much as it allocates
 
     def blocks(self) -> Iterator[pa.Table]:
         """``custom_id`` and ``key`` of every request added (none can be added after), a block
         at a time, read back from the spill file."""
-        import pyarrow as pa
-        import pyarrow.ipc as ipc
-
-        if not self._written:
-            self._flush()
-            self._writer.close()
-            self._written = True
-        with ipc.open_stream(pa.OSFile(self._spill)) as reader:
-            for batch in reader:
-                yield pa.Table.from_batches([batch])
+        self._flush()
+        return self._blocks.tables()
 
     def keys(self) -> pa.ChunkedArray:
         """Every content key, as a pyarrow chunked string array."""

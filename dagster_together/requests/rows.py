@@ -12,6 +12,46 @@ ROW_GROUP_ROWS = 8192
 """Rows per row group of ``request_rows.parquet``: the join reads it a row group at a time."""
 
 
+class TableSpill:
+    """Arrow tables appended in order and read back in order: held in memory, or written to a
+    local Arrow IPC file (``path``) when what they hold would grow with the prompts. Reading
+    ends the appending; it can be read as often as needed."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self._path = path
+        self._tables: list[Any] = []  # when not spilled
+        self._writer: Any = None
+        self._written = False
+
+    def append(self, table: pa.Table) -> None:
+        """Add ``table`` after the others (not once reading has started)."""
+        if self._path is None:
+            self._tables.append(table)
+            return
+        if self._writer is None:
+            import pyarrow.ipc as ipc
+
+            self._writer = ipc.new_stream(self._path, table.schema)
+        self._writer.write_table(table)
+
+    def tables(self) -> Iterator[pa.Table]:
+        """Every table appended, in order (read back from the file when spilled)."""
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        if self._path is None:
+            yield from self._tables
+            return
+        if self._writer is None:
+            return
+        if not self._written:
+            self._writer.close()
+            self._written = True
+        with ipc.open_stream(pa.OSFile(self._path)) as reader:
+            for batch in reader:
+                yield pa.Table.from_batches([batch])
+
+
 class RequestRows:
     """``custom_id``, ``request_model`` and ``prompt`` of requests, in the order added, as the
     join derives them from a request file (:func:`~dagster_together.results.inputs.request_prompt`),
@@ -25,9 +65,7 @@ class RequestRows:
         self._ids: list[str] = []
         self._models: list[str | None] = []
         self._prompts: list[str | None] = []
-        self._blocks: list[Any] = []  # pyarrow tables, when not spilled
-        self._spill = spill
-        self._writer: Any = None
+        self._blocks = TableSpill(spill)
 
     def add(self, request: Any) -> None:
         """Add one request (a mapping with ``custom_id`` and ``body``)."""
@@ -46,39 +84,22 @@ class RequestRows:
 
         if not self._ids:
             return
-        block = pa.Table.from_arrays(
-            [
-                pa.array(self._ids, pa.string()),
-                pa.array(self._models, pa.string()),
-                pa.array(self._prompts, pa.string()),
-            ],
-            schema=_schema(),
+        self._blocks.append(
+            pa.Table.from_arrays(
+                [
+                    pa.array(self._ids, pa.string()),
+                    pa.array(self._models, pa.string()),
+                    pa.array(self._prompts, pa.string()),
+                ],
+                schema=_schema(),
+            )
         )
         self._ids, self._models, self._prompts = [], [], []
-        if self._spill is None:
-            self._blocks.append(block)
-            return
-        if self._writer is None:
-            import pyarrow.ipc as ipc
-
-            self._writer = ipc.new_stream(self._spill, block.schema)
-        self._writer.write_table(block)
 
     def blocks(self) -> Iterator[pa.Table]:
         """Every request added, in order, a block at a time (read back from the spill)."""
-        import pyarrow as pa
-        import pyarrow.ipc as ipc
-
         self._flush()
-        if self._spill is None:
-            yield from self._blocks
-            return
-        if self._writer is None:
-            return
-        self._writer.close()
-        with ipc.open_stream(pa.OSFile(self._spill)) as reader:
-            for batch in reader:
-                yield pa.Table.from_batches([batch])
+        return self._blocks.tables()
 
     def table(self) -> pa.Table:
         """Every request added, as one pyarrow table."""

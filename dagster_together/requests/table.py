@@ -13,7 +13,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
-from dagster_together.memory import give_back_memory
 from dagster_together.requests.rules import _DECODER, RowNaming, json_type
 from dagster_together.requests.template import AUDIO, AudioTemplate, RequestTemplate
 from dagster_together.storage import filesystem, open_pending
@@ -114,10 +113,7 @@ class _Source:
         # about twice the memory.
         ids = ids.combine_chunks()
         ids = ids.take(pc.sort_indices(ids))
-        unique = not pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
-        del ids
-        give_back_memory()  # the sorted copies are the largest thing the submit makes
-        return unique
+        return not pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
 
     def _jsonl_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         import fsspec
