@@ -57,7 +57,8 @@ RESULT_COLUMN_DESCRIPTIONS: Mapping[str, str] = {
     "model": "The model that answered, as Together reports it.",
     "error": "Together's error message for a failed request.",
     "error_code": "Together's error code for a failed request.",
-    "response": "The raw response body as JSON text, for fields not in their own column.",
+    "response": "The raw output or error line as JSON text (by default only where the row did "
+    "not succeed: results raw_responses).",
     "tool_calls": "The tool calls the model made, as JSON text.",
     "reasoning": "The model's reasoning text, when it returns one.",
     "language": "The language of the audio (transcriptions).",
@@ -106,9 +107,11 @@ def collect_batch(
     batch_id: str,
     layout: BatchStorageLayout,
     record: BatchRecord | None = None,
+    raw_responses: str = "failed",
 ) -> tuple[BatchJob, JoinSummary]:
     """Download and join one batch that has ended; fails clearly while it is still running.
-    Answers are parsed with the output schema of ``record``'s submission, if it kept one."""
+    Answers are parsed with the output schema of ``record``'s submission, if it kept one;
+    ``raw_responses`` is :func:`~dagster_together.results.join_results`'."""
     from dagster_together.results import join_results
 
     job = client.batches.get_batch(batch_id)
@@ -167,6 +170,7 @@ def collect_batch(
         destination=destination,
         storage_options=options,
         batch_status=str(job.status),
+        raw_responses=raw_responses,
         output_schema=(
             Submissions(layout).schema(record.submission_id) if record is not None else None
         ),

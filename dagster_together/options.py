@@ -9,6 +9,7 @@ Component take the same few objects instead of a growing list of keyword argumen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import dagster as dg
 
@@ -82,6 +83,9 @@ class ResultsOptions:
             (``dagster instance concurrency set POOL 4``, or the UI); with
             ``concurrency: pools: granularity: run`` in ``dagster.yaml`` the run queue then keeps
             at most that many results runs in progress (see docs/scaling.md).
+        raw_responses: which rows keep their raw output or error line in the ``response``
+            column: ``"failed"`` (the rows that did not succeed), ``"all"`` (every answer's
+            too, for fields without a column such as ``logprobs``) or ``"none"``.
     """
 
     max_error_rate: float = 0.05
@@ -89,10 +93,15 @@ class ResultsOptions:
     retry_policy: dg.RetryPolicy | None = field(default=DEFAULT_RESULTS_RETRY_POLICY)
     max_invalid_output_rate: float = 0.05
     pool: str | None = None
+    raw_responses: Literal["failed", "all", "none"] = "failed"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}.")
+        if self.raw_responses not in ("failed", "all", "none"):
+            raise ValueError(
+                f"raw_responses must be 'failed', 'all' or 'none', got {self.raw_responses!r}."
+            )
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,9 @@ class TogetherResource(dg.ConfigurableResource):
         register = _partition_adder(context, partitions_def)
         with failures_for_humans(f"Collecting batch {batch_id}", storage_url=layout.storage_url):
             record = Submissions(layout).of_batch(batch_id)
-            job, summary = collect_batch(context, client, batch_id, layout, record)
+            job, summary = collect_batch(
+                context, client, batch_id, layout, record, results.raw_responses
+            )
             follow_ups = store_answers_and_follow_up(
                 context, client, job, record, layout, resubmit, register
             )
@@ -371,7 +373,7 @@ class TogetherResource(dg.ConfigurableResource):
                     f"Collecting batch {job.id}", storage_url=layout.storage_url
                 ):
                     record = submissions.of_batch(job.id)
-                    collect_batch(context, client, job.id, layout, record)
+                    collect_batch(context, client, job.id, layout, record, results.raw_responses)
                     follow_ups = store_answers_and_follow_up(
                         context, client, job, record, layout, resubmit, None
                     )

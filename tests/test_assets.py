@@ -231,6 +231,9 @@ def test_submit_then_results_end_to_end(
     assert by_id["103"]["status"] == "failed" and by_id["103"]["error"]
     assert all(by_id[i]["status"] == "succeeded" for i in ("100", "101", "102", "104"))
     assert by_id["104"]["stars"] == 5 and by_id["100"]["content"]
+    # The raw line is kept where it is the evidence: the failed row's, not the answers'.
+    assert json.loads(by_id["103"]["response"])["custom_id"] == "103"
+    assert by_id["100"]["response"] is None
 
     # The batch holding the failed request: error rate 1/2 > 5% -> a WARN check result.
     failed_batch = by_id["103"]["batch_id"]
@@ -601,6 +604,19 @@ def test_results_step_retries_a_transient_failure(
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert len(retries) == 1
     assert pq.read_table(bundle.layout.results_parquet(batch_id)).num_rows == 2
+
+
+def test_every_raw_line_is_kept_when_asked(
+    emulator: Any, api_key: str, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    prompts = make_prompts_asset(reviews_table(2))
+    bundle = build(str(tmp_path / "store"), prompts, results=ResultsOptions(raw_responses="all"))
+    res = resources(emulator, api_key)
+    [batch_id] = submit_metadata(submit(bundle, prompts, instance, res), bundle)["batch_ids"]
+    wait_terminal(emulator, [batch_id])
+    assert materialize_results(bundle, batch_id, instance, res).success
+    written = pq.read_table(bundle.layout.results_parquet(batch_id)).to_pylist()
+    assert [json.loads(r["response"])["custom_id"] for r in written] == ["100", "101"]
 
 
 def test_building_the_pipeline_warns_of_nothing(tmp_path: Path) -> None:

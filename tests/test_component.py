@@ -201,6 +201,7 @@ def test_components_with_different_accounts_live_side_by_side(sandbox: DefsFolde
         ({"template": {"model": "m", "prompt_column": "t", "body": {"model": "x"}}}, "may not set"),
         ({"batching": {"max_requests_per_batch": 60_000}}, "between 1 and 50,000"),
         ({"results": {"error_rate_severity": "FATAL"}}, "error_rate_severity"),
+        ({"results": {"raw_responses": "some"}}, "raw_responses"),
         ({"prompts": "<your prompts asset>"}, "still the scaffold's placeholder"),
     ],
 )

@@ -117,7 +117,11 @@ def test_out_of_order_failures_and_gaps(tmp_path: Path, inputs: str) -> None:
     )
     errors = write_jsonl(tmp_path / "errors.jsonl", [error("r6", "overloaded", "503")])
     summary = join_results(
-        inputs=inputs, outputs=outputs, errors=errors, destination=tmp_path / "out.parquet"
+        inputs=inputs,
+        outputs=outputs,
+        errors=errors,
+        destination=tmp_path / "out.parquet",
+        raw_responses="all",
     )
     rows = read(summary)
     assert [r["custom_id"] for r in rows] == [f"r{i}" for i in range(8)]  # input order
@@ -189,6 +193,34 @@ def test_batch_status_decides_what_never_came_back(
     statuses = [r["status"] for r in read(summary)]
     assert statuses == [expected, expected, "succeeded", *[expected] * 5]
     assert summary.counts[expected] == 7 and summary.batch_status == batch_status
+
+
+def test_raw_lines_are_kept_for_the_rows_that_did_not_succeed(tmp_path: Path, inputs: str) -> None:
+    lines = [output("r0", "zero"), {"custom_id": "r1", "response": {"status_code": 429}}]
+    outputs = write_jsonl(tmp_path / "output.jsonl", lines)
+    errors = write_jsonl(tmp_path / "errors.jsonl", [error("r2", "overloaded", "503")])
+    by_mode = {}
+    for mode in ("failed", "all", "none"):
+        summary = join_results(
+            inputs=inputs,
+            outputs=outputs,
+            errors=errors,
+            destination=tmp_path / f"{mode}.parquet",
+            raw_responses=mode,
+        )
+        by_mode[mode] = [r["response"] for r in read(summary)][:3]
+    raw = [json.dumps(line) for line in [*lines, error("r2", "overloaded", "503")]]
+    assert [json.loads(r) if r else None for r in by_mode["failed"]] == [
+        None,
+        json.loads(raw[1]),
+        json.loads(raw[2]),
+    ]
+    assert [json.loads(r) for r in by_mode["all"]] == [json.loads(r) for r in raw]
+    assert by_mode["none"] == [None, None, None]
+    with pytest.raises(ValueError, match="raw_responses must be one of 'failed', 'all', 'none'"):
+        join_results(
+            inputs=inputs, outputs=outputs, destination=tmp_path / "x", raw_responses="some"
+        )
 
 
 def test_no_output_file_at_all(tmp_path: Path, inputs: str) -> None:
@@ -270,7 +302,9 @@ def test_odd_but_valid_lines(tmp_path: Path) -> None:
         {"custom_id": "nobody", "response": {"status_code": 200, "body": None}},
     ]
     outputs = write_jsonl(tmp_path / "out.jsonl", lines)
-    summary = join_results(inputs=inputs, outputs=outputs, destination=tmp_path / "r.parquet")
+    summary = join_results(
+        inputs=inputs, outputs=outputs, destination=tmp_path / "r.parquet", raw_responses="all"
+    )
     rows = {r["custom_id"]: r for r in read(summary)}
     assert (rows["tool"]["status"], rows["tool"]["content"]) == ("succeeded", None)
     assert json.loads(rows["tool"]["response"])["response"]["body"]["choices"][0]["message"][
@@ -336,7 +370,10 @@ def test_crlf_blank_lines_and_non_utf8(tmp_path: Path, inputs: str) -> None:
     data = body.encode() + b"\r\n" + b'{"custom_id": "r4", "x": "\xff"}\n'
     (tmp_path / "out.jsonl").write_bytes(data)
     summary = join_results(
-        inputs=inputs, outputs=str(tmp_path / "out.jsonl"), destination=tmp_path / "o.parquet"
+        inputs=inputs,
+        outputs=str(tmp_path / "out.jsonl"),
+        destination=tmp_path / "o.parquet",
+        raw_responses="all",
     )
     rows = read(summary)
     assert [r["status"] for r in rows[:3]] == ["succeeded"] * 3
@@ -505,8 +542,11 @@ def test_summary_is_json_and_has_a_preview(tmp_path: Path, inputs: str) -> None:
 # ------------------------------------------------------------------------------------------
 # Many blocks, many buckets, pyarrow and json paths mixed: compare with a plain Python join
 # ------------------------------------------------------------------------------------------
-def _oracle(inputs: list[dict[str, Any]], result_lines: list[str], default: str) -> list[tuple]:
-    """What each input's row must say, computed the simplest way."""
+def _oracle(
+    inputs: list[dict[str, Any]], result_lines: list[str], default: str, raw: str
+) -> list[tuple]:
+    """What each input's row must say, computed the simplest way (``raw``: which rows keep
+    their line)."""
     first: dict[str, tuple] = {}
     for text in result_lines:
         try:
@@ -522,15 +562,16 @@ def _oracle(inputs: list[dict[str, Any]], result_lines: list[str], default: str)
         else:
             choice = obj["response"]["body"]["choices"][0]
             row = ("succeeded", choice["message"]["content"], None)
-        first[obj["custom_id"]] = (*row, text)
+        keep = raw == "all" or row[0] == "failed"
+        first[obj["custom_id"]] = (*row, text if keep else None)
     return [
         (r["custom_id"], *first.get(r["custom_id"], (default, None, None, None))) for r in inputs
     ]
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(("seed", "raw"), [(1, "failed"), (2, "all")])
 def test_many_blocks_and_buckets_match_a_plain_join(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, raw: str
 ) -> None:
     monkeypatch.setattr(blocks, "_READ_SIZE", 4096)  # a few dozen lines per block
     monkeypatch.setattr(buckets, "_BUCKET_BYTES", 3000)  # many buckets
@@ -553,12 +594,13 @@ def test_many_blocks_and_buckets_match_a_plain_join(
         outputs=str(tmp_path / "o.jsonl"),
         destination=tmp_path / "r.parquet",
         batch_status="CANCELLED",
+        raw_responses=raw,
     )
     got = [
         (r["custom_id"], r["status"], r["content"], r["error"], r["response"])
         for r in read(summary)
     ]
-    assert got == _oracle(inputs, lines, "cancelled")
+    assert got == _oracle(inputs, lines, "cancelled", raw)
     assert summary.n_malformed_lines == 6 and summary.unknown_ids == 2
     assert summary.n_rows == 600 and pq.ParquetFile(summary.destination).metadata.num_row_groups > 1
 

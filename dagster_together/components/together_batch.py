@@ -153,6 +153,11 @@ class ResultsModel(dg.Resolvable, dg.Model):
         description="Dagster concurrency pool of the results asset; unset: "
         "together_results_{name}. Give it a limit to cap concurrent results runs.",
     )
+    raw_responses: Literal["failed", "all", "none"] = Field(
+        default="failed",
+        description="Which rows keep their raw output or error line in the response column: "
+        "those that did not succeed, all, or none.",
+    )
 
 
 class PriceModel(dg.Resolvable, dg.Model):
@@ -514,6 +519,7 @@ class TogetherBatchComponent(dg.Component, dg.Model, dg.Resolvable):
             max_error_rate=self.results.max_error_rate,
             error_rate_severity=dg.AssetCheckSeverity(self.results.error_rate_severity),
             pool=self.results.pool,
+            raw_responses=self.results.raw_responses,
         )
 
 

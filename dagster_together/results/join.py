@@ -22,7 +22,7 @@ from dagster_together.results.assemble import _assemble
 from dagster_together.results.blocks import Locations, _as_list
 from dagster_together.results.buckets import _Buckets
 from dagster_together.results.inputs import _read_inputs
-from dagster_together.results.outputs import _read_results, _Report
+from dagster_together.results.outputs import RAW_RESPONSES, _read_results, _Report
 from dagster_together.storage import filesystem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -134,6 +134,7 @@ def join_results(
     input_columns: Any = None,
     strict: bool = False,
     output_schema: Any = None,
+    raw_responses: str = "failed",
 ) -> JoinSummary:
     """Write one Parquet row per input ``custom_id`` with its result, and summarise.
 
@@ -168,19 +169,29 @@ def join_results(
             gets ``status="invalid_output"``, keeps its text in ``content``, the reason in
             ``error`` and ``invalid_json`` or ``schema_mismatch`` in ``error_code``; the join
             never fails for it.
+        raw_responses: which rows keep their raw output or error line in ``response``:
+            ``"failed"`` (the default: the rows that did not succeed, where the line is the
+            evidence), ``"all"`` (also every answer's, e.g. for fields such as ``logprobs``
+            that have no column; it about doubles the file and the join's work), or ``"none"``.
 
     Returns:
         A JoinSummary. Columns: ``custom_id``, the input columns, then :data:`RESULT_COLUMNS`:
         ``status`` (one of :data:`STATUSES`), ``content`` (``choices[0].message.content``, or
         ``choices[0].text``), ``finish_reason``, the three token counts, ``model`` (the
         response's), ``error`` and ``error_code`` (from the error line, or from a non-2xx
-        ``status_code`` in an output line), and ``response`` (the raw output or error line).
+        ``status_code`` in an output line), and ``response`` (the raw output or error line, as
+        ``raw_responses`` says; null otherwise).
 
     Raises:
         InvalidRequestFileError: the inputs are unreadable, or hold a duplicate or missing id.
         MalformedResultError: with ``strict=True``, for the first malformed line.
     """
 
+    if raw_responses not in RAW_RESPONSES:
+        raise ValueError(
+            f"raw_responses must be one of {', '.join(map(repr, RAW_RESPONSES))}, "
+            f"got {raw_responses!r}."
+        )
     schema = _compile_schema(output_schema)
     destination = str(os.fspath(destination))
     if destination.endswith("/") or os.path.isdir(destination):
@@ -196,7 +207,7 @@ def join_results(
     report = _Report(strict)
     # Output files first, then error files: the first result seen for an id wins. Their
     # reading starts now, beside the inputs'.
-    results = _read_results(_as_list(outputs) + _as_list(errors), opts, report)
+    results = _read_results(_as_list(outputs) + _as_list(errors), opts, report, raw_responses)
     try:
         ins = _read_inputs(inputs, opts, spill_dir)
         if input_columns is not None:

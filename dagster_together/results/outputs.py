@@ -192,14 +192,22 @@ def _row_schema() -> pa.Schema:
     )
 
 
-def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -> _Prefetcher:
+RAW_RESPONSES = ("failed", "all", "none")
+"""What the ``response`` column keeps: the raw line of the rows that did not succeed (the
+default), of every row, or of none. A succeeded row's line repeats its extracted columns and is
+most of the bytes the join moves and writes."""
+
+
+def _read_results(
+    locations: list[str], opts: dict[str, Any], report: _Report, raw: str = "failed"
+) -> _Prefetcher:
     """Extracted rows of output and error files, in order, from background threads.
 
     A reader thread starts at once, reads blocks and hands them to the parse threads (see
     :func:`_parallel`), which parse and extract them (none of it needs the inputs); it keeps up
     to ``_READ_AHEAD`` extracted blocks ahead, so the work starts while the inputs are still
     being read. The caller's thread then looks the ids up and spills. Each item is a list of
-    tables.
+    tables. ``raw`` is one of :data:`RAW_RESPONSES`.
     """
     schema = _result_schema()
 
@@ -217,7 +225,7 @@ def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -
         location, b = item
         bad = _BadLines(report.strict)
         table = _pa_read(b, schema) if b.objects_only() else None
-        return [t for t in _result_block(b, location, bad, table) if t.num_rows], bad
+        return [t for t in _result_block(b, location, bad, table, raw) if t.num_rows], bad
 
     def blocks() -> Iterator[list[pa.Table]]:
         for tables, bad in _parallel(extract, located_blocks()):
@@ -229,14 +237,19 @@ def _read_results(locations: list[str], opts: dict[str, Any], report: _Report) -
 
 
 def _result_block(
-    block: _Block, location: str, report: _Report | _BadLines, table: pa.Table | None = None
+    block: _Block,
+    location: str,
+    report: _Report | _BadLines,
+    table: pa.Table | None = None,
+    raw: str = "failed",
 ) -> list[pa.Table]:
-    """Result rows of a block: ``table`` is pyarrow's parse of it (None: refused or not tried)."""
+    """Result rows of a block: ``table`` is pyarrow's parse of it (None: refused or not tried);
+    ``raw`` says which raw lines are kept (:data:`RAW_RESPONSES`)."""
     if table is None:
         # Halve until the lines pyarrow refuses are isolated in small pieces read with json.
         halves = block.split() if block.n > blocks._SLOW_LINES else None
         if halves is None:
-            return [_result_block_slow(block, location, report)]
+            return [_result_block_slow(block, location, report, raw)]
         return [
             t
             for half in halves
@@ -245,13 +258,18 @@ def _result_block(
                 location,
                 report,
                 _pa_read(half, _result_schema()) if half.objects_only() else None,
+                raw,
             )
         ]
-    return [_extract(table, block, location, report)]
+    return [_extract(table, block, location, report, raw)]
 
 
 def _extract(
-    table: pa.Table, block: _Block, location: str, report: _Report | _BadLines
+    table: pa.Table,
+    block: _Block,
+    location: str,
+    report: _Report | _BadLines,
+    raw: str = "failed",
 ) -> pa.Table:
     """The result columns of a parsed block (vectorised twin of :func:`_extract_one`)."""
     import pyarrow as pa
@@ -316,7 +334,7 @@ def _extract(
             reasoning,
             pc.struct_field(body, "language"),
             pc.struct_field(body, "duration"),
-            block.raw_lines(),
+            _raw_lines(block, failed, raw),
         ],
         schema=_row_schema(),
     )
@@ -329,6 +347,22 @@ def _extract(
 
 
 _NO_RESPONSE = "no response in the output line"
+
+
+def _raw_lines(block: _Block, failed: Any, raw: str) -> Any:
+    """The ``response`` column of a block: its raw lines, only the failed rows' by default
+    (the lines are only cut out of the block when one is kept)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if raw == "all":
+        return block.raw_lines()
+    n = block.n
+    if raw == "none" or not pc.any(failed).as_py():
+        return pa.nulls(n, pa.string())
+    at = pc.indices_nonzero(failed).cast(pa.int64())
+    kept = block.raw_lines().take(at)
+    return kept.take(_scatter(at, 0, n))
 
 
 def _tool_calls_text(calls: Any) -> Any:
@@ -352,17 +386,19 @@ def _tool_calls_text(calls: Any) -> Any:
     return pa.concat_arrays([texts, dumped]).take(pick)
 
 
-def _result_block_slow(block: _Block, location: str, report: _Report | _BadLines) -> pa.Table:
+def _result_block_slow(
+    block: _Block, location: str, report: _Report | _BadLines, raw: str = "failed"
+) -> pa.Table:
     """Read a few lines with :mod:`json`; record the lines that are not results."""
     import pyarrow as pa
 
     rows = []
     last_line = block.first_line + block.n - 1
-    for line_no, raw in block.lines():
-        if not raw.strip():
+    for line_no, line in block.lines():
+        if not line.strip():
             continue  # nothing on the line, nothing lost
         try:
-            text = raw.decode("utf-8")
+            text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
             report.bad_line(location, line_no, f"is not UTF-8 (byte {exc.start + 1})")
             continue
@@ -381,7 +417,8 @@ def _result_block_slow(block: _Block, location: str, report: _Report | _BadLines
         if row is None:
             report.bad_line(location, line_no, "has no custom_id")
             continue
-        rows.append((*row, text.rstrip("\r\n")))
+        keep = raw == "all" or (raw == "failed" and row[1] == "failed")
+        rows.append((*row, text.rstrip("\r\n") if keep else None))
     schema = _row_schema()
     columns: list[Sequence[Any]] = (
         list(zip(*rows, strict=True)) if rows else [[] for _ in schema.names]
