@@ -365,6 +365,23 @@ def test_malformed_lines_are_reported_with_their_line_numbers(tmp_path: Path, in
     assert not (tmp_path / "s.parquet").exists()
 
 
+def test_null_and_empty_objects_inside_a_large_block_are_worded_like_alone(
+    tmp_path: Path,
+) -> None:
+    ids = [f"q{i}" for i in range(100)]
+    inputs = write_jsonl(tmp_path / "in.jsonl", [request(i) for i in ids])
+    lines = [json.dumps(output(i)) for i in ids]
+    lines[40:40] = ["null", "{}", " " + json.dumps(output("q0", "again"))]
+    (tmp_path / "out.jsonl").write_text("".join(line + "\n" for line in lines))
+    summary = join_results(
+        inputs=inputs, outputs=str(tmp_path / "out.jsonl"), destination=tmp_path / "o.parquet"
+    )
+    where = [(line, reason) for _, line, reason in summary.malformed_lines]
+    assert where == [(41, "is a JSON null, not an object"), (42, "has no custom_id")]
+    assert summary.duplicate_ids == 1  # the indented line is a result, read after the first
+    assert summary.counts["succeeded"] == 100
+
+
 def test_crlf_blank_lines_and_non_utf8(tmp_path: Path, inputs: str) -> None:
     body = "".join(json.dumps(output(f"r{i}")) + "\r\n" for i in range(3))
     data = body.encode() + b"\r\n" + b'{"custom_id": "r4", "x": "\xff"}\n'

@@ -394,7 +394,7 @@ def _request_files(
             # Background threads read, parse and extract; this one spills and keeps ids.
             def extract(b: _Block, location: str = location) -> list[pa.Table]:
                 return _request_block(
-                    b, location, _pa_read(b, schema) if b.objects_only() else None
+                    b, location, _pa_read(b, schema) if b.pyarrow_safe() else None
                 )
 
             extracted = _parallel(extract, _line_blocks(fs, path))

@@ -224,7 +224,7 @@ def _read_results(
     def extract(item: tuple[str, _Block]) -> tuple[list[pa.Table], _BadLines]:
         location, b = item
         bad = _BadLines(report.strict)
-        table = _pa_read(b, schema) if b.objects_only() else None
+        table = _pa_read(b, schema) if b.pyarrow_safe() else None
         return [t for t in _result_block(b, location, bad, table, raw) if t.num_rows], bad
 
     def blocks() -> Iterator[list[pa.Table]]:
@@ -244,7 +244,10 @@ def _result_block(
     raw: str = "failed",
 ) -> list[pa.Table]:
     """Result rows of a block: ``table`` is pyarrow's parse of it (None: refused or not tried);
-    ``raw`` says which raw lines are kept (:data:`RAW_RESPONSES`)."""
+    ``raw`` says which raw lines are kept (:data:`RAW_RESPONSES`). A row without ``custom_id``
+    (a ``{}`` line, or a bare ``null`` pyarrow read as one) is worded by the slow path."""
+    if table is not None and table.column("custom_id").null_count:
+        table = None
     if table is None:
         # Halve until the lines pyarrow refuses are isolated in small pieces read with json.
         halves = block.split() if block.n > blocks._SLOW_LINES else None
@@ -257,21 +260,16 @@ def _result_block(
                 half,
                 location,
                 report,
-                _pa_read(half, _result_schema()) if half.objects_only() else None,
+                _pa_read(half, _result_schema()) if half.pyarrow_safe() else None,
                 raw,
             )
         ]
-    return [_extract(table, block, location, report, raw)]
+    return [_extract(table, block, raw)]
 
 
-def _extract(
-    table: pa.Table,
-    block: _Block,
-    location: str,
-    report: _Report | _BadLines,
-    raw: str = "failed",
-) -> pa.Table:
-    """The result columns of a parsed block (vectorised twin of :func:`_extract_one`)."""
+def _extract(table: pa.Table, block: _Block, raw: str = "failed") -> pa.Table:
+    """The result columns of a parsed block, every row with a ``custom_id`` (vectorised twin of
+    :func:`_extract_one`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -338,11 +336,6 @@ def _extract(
         ],
         schema=_row_schema(),
     )
-    if custom_id.null_count:
-        no_id = pc.is_null(custom_id)
-        for i in pc.indices_nonzero(no_id).to_pylist():
-            report.bad_line(location, block.first_line + i, "has no custom_id")
-        rows = rows.filter(pc.invert(no_id))
     return rows
 
 
