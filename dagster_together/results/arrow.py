@@ -22,7 +22,11 @@ def _int64s(values: array.array) -> pa.Array:
 
 
 def _range(lo: int, hi: int) -> pa.Array:
-    return _int64s(array.array("q", range(lo, hi)))
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.arange(lo, hi, dtype=np.int64)  # wrapped, not copied (pa.array imports pandas)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
 
 
 def _null(typ: pa.DataType) -> pa.Scalar:

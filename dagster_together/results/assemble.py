@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from dagster_together.results.arrow import (
     _str,
     _strings,
 )
+from dagster_together.results.blocks import _Prefetcher
 from dagster_together.results.buckets import _Buckets
 from dagster_together.results.inputs import _Inputs
 from dagster_together.results.outputs import _Report, _row_schema
@@ -89,7 +91,9 @@ def _assemble(
         assert writer is not None  # opened before the first table is gathered
         pending = write_thread.submit(writer.write_table, group, row_group_size=group.num_rows)
 
-    try:
+    def prepared() -> Iterator[tuple[pa.Table, pa.Table, list[Any]]]:
+        """Each bucket's inputs, its results (statuses decided) and the schema's typed
+        fields: made on a background thread, one bucket ahead of the rows being written."""
         bounds = buckets.bounds(ins.n)
         for b, ((lo, hi), inputs) in enumerate(zip(bounds, ins.slices(bounds), strict=True)):
             if b and b % blocks._TRIM_EVERY == 0:
@@ -106,11 +110,16 @@ def _assemble(
             results = results.set_column(0, "status", status)
             fields: list[Any] = []
             if schema is not None:
-                if output_names is None:
-                    output_names = _output_names(
-                        schema.field_names, inputs.column_names + results.column_names
-                    )
                 results, fields = _structured(results, schema)
+            yield inputs, results, fields
+
+    ahead = _Prefetcher(prepared(), depth=1)
+    try:
+        for inputs, results, fields in ahead:
+            if schema is not None and output_names is None:
+                output_names = _output_names(
+                    schema.field_names, inputs.column_names + results.column_names
+                )
             for item in pc.value_counts(results.column("status")):
                 counts[item["values"].as_py()] += item["counts"].as_py()
             _add_tokens(tokens, results)
@@ -138,6 +147,7 @@ def _assemble(
             writer = None
         out.commit()
     finally:
+        ahead.close()
         if pending is not None:
             pending.exception()  # wait: the file must not be closed under the writer
         write_thread.shutdown(wait=True)
@@ -207,7 +217,9 @@ def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list
     n = results.num_rows
     ok = pc.equal(results.column("status"), _str("succeeded"))
     positions = pc.indices_nonzero(ok).cast(pa.int64())
-    contents = results.column("content").combine_chunks().take(positions)
+    contents = results.column("content").combine_chunks()
+    if len(positions) < n:
+        contents = contents.take(positions)
     accepted, fast = _typed_answers(contents, schema)
     rest = pc.indices_nonzero(pc.invert(accepted)).cast(pa.int64())
     names = schema.field_names
@@ -229,10 +241,10 @@ def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list
     m = len(contents)
     # Each answer's value: the fast path's where it accepted, else Python's (after them).
     pick = pc.if_else(accepted, _range(0, m), pc.add(_scatter(rest, 0, m), _int(m)))
-    back = _scatter(positions, 0, n)
+    at = pick.take(_scatter(positions, 0, n))  # indices composed: each field is taken once
     slow = _typed_lines(lines, schema)
     fields = [
-        pa.concat_arrays([fast_values, slow.column(i).combine_chunks()]).take(pick).take(back)
+        pa.concat_arrays([fast_values, slow.column(i).combine_chunks()]).take(at)
         for i, fast_values in enumerate(fast)
     ]
     if bad:

@@ -47,10 +47,11 @@ def _typed_answers(contents: pa.Array, schema: OutputSchema) -> tuple[pa.Array, 
         return _falses(n), [pa.nulls(n, t) for t in types]
     # One answer per line: no line breaks (nor other control characters, which Python's
     # decoder refuses inside strings) and an object from the first character.
-    candidate = pc.and_(
-        pc.starts_with(contents, "{"),
-        pc.invert(pc.match_substring_regex(contents, "[\\x00-\\x1f]")),
-    )
+    candidate = pc.starts_with(contents, "{")
+    if _has_control_bytes(contents):  # rare: then the rows holding one are found
+        candidate = pc.and_(
+            candidate, pc.invert(pc.match_substring_regex(contents, "[\\x00-\\x1f]"))
+        )
     where = pc.indices_nonzero(candidate)
     if len(where) == 0:
         return _falses(n), [pa.nulls(n, t) for t in types]
@@ -60,9 +61,27 @@ def _typed_answers(contents: pa.Array, schema: OutputSchema) -> tuple[pa.Array, 
     accepted_at = where.filter(ok).cast(pa.int64())
     # Back to the rows of ``contents``: accepted rows get their values, the others null.
     back = _scatter(accepted_at, 0, n)
-    kept = pc.indices_nonzero(ok)
-    fields = [table.column(i).combine_chunks().take(kept).take(back) for i in range(len(types))]
+    at = pc.indices_nonzero(ok).take(back)  # indices composed: each field is taken once
+    fields = [table.column(i).combine_chunks().take(at) for i in range(len(types))]
     return pc.is_valid(back), fields
+
+
+def _has_control_bytes(strings: pa.Array) -> bool:
+    """Whether any of the strings holds a byte below 0x20 (the smallest byte of their data)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(strings) == 0 or strings.buffers()[2] is None:
+        return False
+    width = pa.int64() if pa.types.is_large_string(strings.type) else pa.int32()
+    offsets = pa.Array.from_buffers(
+        width, strings.offset + len(strings) + 1, [None, strings.buffers()[1]]
+    )
+    start, end = offsets[strings.offset].as_py(), offsets[strings.offset + len(strings)].as_py()
+    if end == start:
+        return False
+    data = pa.Array.from_buffers(pa.uint8(), end - start, [None, strings.buffers()[2].slice(start)])
+    return bool(pc.min(data).as_py() < 0x20)
 
 
 def _read_pieces(
@@ -174,6 +193,7 @@ def _object_ok(
     for a required nullable one (must be there) or an optional one that may not be null (must
     be absent), decided only where the key can be seen in the text (below).
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     n = values.num_rows if top else len(values)
@@ -191,7 +211,12 @@ def _object_ok(
             null_ok = _trues(n)
         elif known and name not in nested and (sub.nullable or not required):
             assert texts is not None
-            present = pc.match_substring_regex(texts, f'"{_regex_escape(name)}"\\s*:')
+            # Only the rows where the value is null need the answer: the text is searched there.
+            nulls = pc.indices_nonzero(pc.invert(valid)).cast(pa.int64())
+            found = pc.match_substring_regex(
+                texts.take(nulls), f'"{_regex_escape(name)}"\\s*:'
+            )
+            present = pc.fill_null(found.take(_scatter(nulls, 0, n)), _bool(False))
             null_ok = present if sub.nullable else pc.invert(present)
         else:
             null_ok = _falses(n)
