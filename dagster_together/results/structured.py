@@ -213,9 +213,7 @@ def _object_ok(
             assert texts is not None
             # Only the rows where the value is null need the answer: the text is searched there.
             nulls = pc.indices_nonzero(pc.invert(valid)).cast(pa.int64())
-            found = pc.match_substring_regex(
-                texts.take(nulls), f'"{_regex_escape(name)}"\\s*:'
-            )
+            found = pc.match_substring_regex(texts.take(nulls), f'"{_regex_escape(name)}"\\s*:')
             present = pc.fill_null(found.take(_scatter(nulls, 0, n)), _bool(False))
             null_ok = present if sub.nullable else pc.invert(present)
         else:
