@@ -339,7 +339,7 @@ class _ParquetColumns:
         import pyarrow.parquet as pq
 
         self._handle = fs.open(path, "rb")
-        reader = pq.ParquetFile(self._handle)
+        reader = pq.ParquetFile(self._handle, pre_buffer=False)  # the handle buffers already
         arrow = reader.schema_arrow
         order = ["custom_id", *(n for n in arrow.names if n != "custom_id")]
         names = ["custom_id"]
