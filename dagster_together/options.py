@@ -9,7 +9,7 @@ Component take the same few objects instead of a growing list of keyword argumen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import dagster as dg
 
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_RESULTS_RETRY_POLICY",
     "DEFAULT_SENSOR_INTERVAL_SECONDS",
     "BatchingOptions",
+    "RawResponses",
     "ResubmitOptions",
     "ResultsOptions",
     "SensorOptions",
@@ -65,6 +66,10 @@ class BatchingOptions:
             )
 
 
+RawResponses = Literal["failed", "all", "none"]
+"""Which rows keep their raw line in ``response`` (``join_results``' ``RAW_RESPONSES``)."""
+
+
 @dataclass(frozen=True)
 class ResultsOptions:
     """How a batch's results are checked and retried.
@@ -93,14 +98,15 @@ class ResultsOptions:
     retry_policy: dg.RetryPolicy | None = field(default=DEFAULT_RESULTS_RETRY_POLICY)
     max_invalid_output_rate: float = 0.05
     pool: str | None = None
-    raw_responses: Literal["failed", "all", "none"] = "failed"
+    raw_responses: RawResponses = "failed"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}.")
-        if self.raw_responses not in ("failed", "all", "none"):
+        if self.raw_responses not in get_args(RawResponses):
             raise ValueError(
-                f"raw_responses must be 'failed', 'all' or 'none', got {self.raw_responses!r}."
+                f"raw_responses must be one of {', '.join(map(repr, get_args(RawResponses)))}, "
+                f"got {self.raw_responses!r}."
             )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +13,7 @@ import pytest
 
 from dagster_together import results as rs
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.options import RawResponses
 from dagster_together.results import (
     JoinSummary,
     MalformedResultError,
@@ -21,7 +22,7 @@ from dagster_together.results import (
     buckets,
     join_results,
 )
-from dagster_together.results.outputs import _NO_RESPONSE
+from dagster_together.results.outputs import _NO_RESPONSE, RAW_RESPONSES
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 
@@ -217,6 +218,8 @@ def test_raw_lines_are_kept_for_the_rows_that_did_not_succeed(tmp_path: Path, in
     ]
     assert [json.loads(r) for r in by_mode["all"]] == [json.loads(r) for r in raw]
     assert by_mode["none"] == [None, None, None]
+    # The Dagster layer's option names the same values as the join.
+    assert get_args(RawResponses) == RAW_RESPONSES
     with pytest.raises(ValueError, match="raw_responses must be one of 'failed', 'all', 'none'"):
         join_results(
             inputs=inputs, outputs=outputs, destination=tmp_path / "x", raw_responses="some"

@@ -17,6 +17,7 @@ from dagster_together.cost import CostOptions
 from dagster_together.options import (
     DEFAULT_SENSOR_INTERVAL_SECONDS,
     BatchingOptions,
+    RawResponses,
     ResubmitOptions,
     ResultsOptions,
     SensorOptions,
@@ -153,7 +154,7 @@ class ResultsModel(dg.Resolvable, dg.Model):
         description="Dagster concurrency pool of the results asset; unset: "
         "together_results_{name}. Give it a limit to cap concurrent results runs.",
     )
-    raw_responses: Literal["failed", "all", "none"] = Field(
+    raw_responses: RawResponses = Field(
         default="failed",
         description="Which rows keep their raw output or error line in the response column: "
         "those that did not succeed, all, or none.",

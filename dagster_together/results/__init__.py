@@ -11,7 +11,8 @@ whole output; peak RSS does not grow with the batch beyond those ids):
 1. Outputs and errors start to be read at once by a background thread, in 2 MiB blocks of
    whole lines, and two blocks are parsed at once, each on its own thread. Each block is parsed
    by pyarrow's JSON reader with an explicit schema of the fields we extract (unknown fields are
-   ignored) and the raw lines are kept for the ``response`` column. A block pyarrow cannot read
+   ignored); the raw lines of the rows that did not succeed are kept for the ``response``
+   column (every line's with ``raw_responses="all"``). A block pyarrow cannot read
    (junk, a truncated line, a field of an unexpected type) is split in halves until the bad
    lines are isolated; those few lines are read with :mod:`json`, and lines that are not a JSON
    object with a ``custom_id`` are recorded in ``malformed_lines`` (and logged).
