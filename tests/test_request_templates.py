@@ -284,3 +284,57 @@ def test_prebuilt_audio_rows_get_method_file_and_keep_their_own() -> None:
     assert audio == {"custom_id": "a", "method": "FILE", "body": body}
     own = _table(custom_id=["a"], body=[json.dumps(body)], method=["POST"])
     assert next(rq.build_requests(own))["method"] == "POST"
+
+
+_AWKWARD = [
+    "plain",
+    'quote " and \\ backslash',
+    "tab\tnew\nline\x01\x7f",
+    "é 雨 🙂",
+    "{x}",
+    "\x000\x00",
+]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        rq.RequestTemplate(model="m", prompt_column="review", system_prompt="Be brief."),
+        rq.RequestTemplate(model="m", prompt_column="review", endpoint="/v1/completions"),
+        rq.RequestTemplate(
+            model="m",
+            messages=[
+                *REVIEWS,
+                {"role": "user", "content": 'Stars: {stars}, tags: {tags} {{"x"}} {review}'},
+            ],
+            body={"max_tokens": 9, "stop": ["\n", "é"], "temperature": 0.5},
+        ),
+        rq.RequestTemplate(
+            model="m",
+            prompt_column="review",
+            output_schema={"type": "object", "properties": {"label": {"type": "string"}}},
+        ),
+        rq.RequestTemplate(
+            model="m", messages=[{"role": "user", "content": "Say \x000\x00 {review}"}]
+        ),
+    ],
+    ids=["prompt", "completions", "placeholders", "schema", "mark-in-text"],
+)
+def test_written_lines_are_the_requests_json_exactly(template: Any, tmp_path: Path) -> None:
+    """The writer encodes template lines without their dicts: the bytes must be the same."""
+    n = len(_AWKWARD)
+    table = _table(
+        id=[f"r{i}" for i in range(n)],
+        product=list(reversed(_AWKWARD)),
+        review=_AWKWARD,
+        stars=[1.5, 2, 3, 4, 5, 0],
+        tags=[["a", "é"]] * n,
+    )
+    chunks = rq.write_request_chunks(
+        rq.build_requests(table, template=template, id_column="id"), tmp_path
+    )
+    expected = "".join(
+        json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
+        for r in rq.build_requests(table, template=template, id_column="id")
+    )
+    assert Path(chunks[0].path).read_text(encoding="utf-8") == expected

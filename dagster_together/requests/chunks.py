@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.requests.lines import ENCODER
 from dagster_together.requests.rules import (
     _EXAMPLE_LINE,
     MAX_BATCH_BYTES,
@@ -29,8 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-# One encoder for every request: ``json.dumps`` with options builds a new one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # Lines are written and hashed in blocks of about this size: one call per line costs more than
 # the encoding itself.
 _BLOCK_BYTES = 1 << 20
@@ -138,17 +136,22 @@ def write_request_chunks(
                     f"request #{pos}: is a {type(request).__name__}, not a mapping like "
                     f"{_EXAMPLE_LINE}."
                 )
-            custom_id, model, _ = rules.check_object(
-                request if isinstance(request, dict) else dict(request), pos
-            )
-            try:
-                text = _ENCODER.encode(request)
-            except (TypeError, ValueError) as exc:
-                raise InvalidRequestFileError(
-                    f"{rules.label(pos)}: {rules.subject(custom_id)} has a body that is not "
-                    f"JSON-serialisable ({exc}); convert such values (dates, decimals, NaN, "
-                    "numpy numbers) to plain strings or numbers first."
-                ) from None
+            line = built.line if built is not None else None
+            if line is not None:  # made by the template: only what varies by row is checked
+                custom_id, model = rules.check_built(request, pos)
+                text = line
+            else:
+                custom_id, model, _ = rules.check_object(
+                    request if isinstance(request, dict) else dict(request), pos
+                )
+                try:
+                    text = ENCODER.encode(request)
+                except (TypeError, ValueError) as exc:
+                    raise InvalidRequestFileError(
+                        f"{rules.label(pos)}: {rules.subject(custom_id)} has a body that is not "
+                        f"JSON-serialisable ({exc}); convert such values (dates, decimals, NaN, "
+                        "numpy numbers) to plain strings or numbers first."
+                    ) from None
             data = text.encode("utf-8") + b"\n"
             if len(data) > max_bytes:
                 raise InvalidRequestFileError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import array
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
@@ -163,6 +163,16 @@ class _Rules:
             )
         self.check_cross(custom_id, model, url, pos)
         return custom_id, model, url
+
+    def check_built(self, request: Mapping[str, Any], pos: int) -> tuple[str, str]:
+        """Check a request a template built (its shape is the template's, its id text): the
+        id's length and the checks across requests; return (custom_id, model)."""
+        custom_id = request["custom_id"]
+        model = request["body"]["model"]
+        if not custom_id or len(custom_id) > MAX_CUSTOM_ID_LENGTH:
+            self.check_object(dict(request), pos)  # raises, with the message for the id
+        self.check_cross(custom_id, model, None, pos)
+        return custom_id, model
 
     def check_cross(self, custom_id: str, model: str, url: str | None, pos: int) -> None:
         """The checks that need earlier requests: unique ids, one model, one endpoint."""

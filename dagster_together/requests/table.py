@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.requests.lines import LineFormat
 from dagster_together.requests.rules import _DECODER, RowNaming, json_type
 from dagster_together.requests.template import AUDIO, AudioTemplate, RequestTemplate
 from dagster_together.storage import filesystem, open_pending
@@ -235,16 +236,19 @@ class TableRequests(Iterator[dict[str, Any]]):
     errors name the user's row and id column rather than a request number and ``custom_id``.
     """
 
-    def __init__(self, naming: RowNaming, rows: Iterator[tuple[int, dict[str, Any]]]) -> None:
+    def __init__(
+        self, naming: RowNaming, rows: Iterator[tuple[int, dict[str, Any], str | None]]
+    ) -> None:
         self.naming = naming
         self.position = 0
+        self.line: str | None = None
         self._rows = rows
 
     def __iter__(self) -> TableRequests:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        self.position, request = next(self._rows)
+        self.position, request, self.line = next(self._rows)
         return request
 
 
@@ -308,7 +312,7 @@ def _build(
     storage_options: Mapping[str, Any] | None,
     naming: RowNaming,
     unique_ids: bool | None = None,
-) -> Iterator[tuple[int, dict[str, Any]]]:
+) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     table = _Source(source, storage_options)
     naming.source, naming.unit = table.name, table.unit
     names = table.column_names()
@@ -365,7 +369,7 @@ def _build(
                     f"{naming.where(pos)}: {_describe(column, where)} is {what} "
                     f"({id_column} {custom_id!r}); fill or drop such rows first."
                 )
-        yield pos, make(pos, custom_id, row)
+        yield pos, *make(pos, custom_id, row)
 
 
 def _describe(column: str, where: str) -> str:
@@ -390,7 +394,9 @@ def _chat_body(
         ImageInliner(storage_options, template.max_image_bytes) if template.inline_images else None
     )
 
-    def make(pos: int, custom_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    lines = LineFormat.of(template)
+
+    def make(pos: int, custom_id: str, row: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         prompt = None
         if prompt_column is not None:
             prompt = row[prompt_column]
@@ -415,10 +421,11 @@ def _chat_body(
                 images = [inliner.url(v, where) for v in locations]
             else:
                 images = list(locations)
-        return {
+        request = {
             "custom_id": custom_id,
             "body": template.build_body(prompt, values=row, images=images),
         }
+        return request, lines.line(custom_id, row) if lines is not None else None
 
     return make
 
@@ -426,7 +433,7 @@ def _chat_body(
 def _audio_body(template: AudioTemplate, naming: RowNaming, id_column: str) -> Any:
     column = template.audio_column
 
-    def make(pos: int, custom_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    def make(pos: int, custom_id: str, row: dict[str, Any]) -> tuple[dict[str, Any], None]:
         url = row[column]
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidRequestFileError(
@@ -437,18 +444,19 @@ def _audio_body(template: AudioTemplate, naming: RowNaming, id_column: str) -> A
         language = None
         if template.language_column is not None:
             language = _id_text(row[template.language_column])
-        return {
+        request = {
             "custom_id": custom_id,
             "method": "FILE",
             "body": template.build_body(url, language),
         }
+        return request, None
 
     return make
 
 
 def _prebuilt(
     table: _Source, naming: RowNaming, names: list[str] | None, method: str | None
-) -> Iterator[tuple[int, dict[str, Any]]]:
+) -> Iterator[tuple[int, dict[str, Any], None]]:
     """Rows that are requests already; a ``method`` column (or key) is kept, and ``method``
     is the default for rows without one (``FILE`` for audio endpoints)."""
     wanted = ["custom_id", "body"] + (["method"] if names is None or "method" in names else [])
@@ -476,7 +484,7 @@ def _prebuilt(
         row_method = row.get("method")
         if row_method is not None or method is not None:
             request = {"custom_id": custom_id, "method": row_method or method, "body": body}
-        yield pos, request
+        yield pos, request, None
 
 
 # --------------------------------------------------------------------------------------------

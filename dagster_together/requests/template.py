@@ -48,7 +48,9 @@ def _parse(text: str, where: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(pieces)
 
 
-def _value_text(value: Any) -> str:
+def value_text(value: Any) -> str:
+    """A placeholder's text for one value: text as it is, lists and structs as JSON, the rest
+    through ``str``."""
     if isinstance(value, str):
         return value
     if isinstance(value, (dict, list)):
@@ -246,7 +248,7 @@ class RequestTemplate:
                 row = values or {}
                 for role, pieces in parsed:
                     text = "".join(
-                        literal + (_value_text(row[name]) if name is not None else "")
+                        literal + (value_text(row[name]) if name is not None else "")
                         for literal, name in pieces
                     )
                     messages.append({"role": role, "content": text})
