@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.client.errors import InvalidRequestFileError
+from dagster_together.memory import give_back_memory
 from dagster_together.requests.lines import LineFormat
 from dagster_together.requests.rules import _DECODER, RowNaming, json_type
 from dagster_together.requests.template import AUDIO, AudioTemplate, RequestTemplate
@@ -114,7 +115,10 @@ class _Source:
         # about twice the memory.
         ids = ids.combine_chunks()
         ids = ids.take(pc.sort_indices(ids))
-        return not pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
+        unique = not pc.any(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()
+        del ids
+        give_back_memory()  # the sorted copies are the size of the id column: not kept for the rows
+        return unique
 
     def _jsonl_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         import fsspec

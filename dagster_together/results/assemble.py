@@ -91,9 +91,9 @@ def _assemble(
         assert writer is not None  # opened before the first table is gathered
         pending = write_thread.submit(writer.write_table, group, row_group_size=group.num_rows)
 
-    def prepared() -> Iterator[tuple[pa.Table, pa.Table, list[Any]]]:
-        """Each bucket's inputs, its results (statuses decided) and the schema's typed
-        fields: made on a background thread, one bucket ahead of the rows being written."""
+    def prepared() -> Iterator[tuple[pa.Table, pa.Table]]:
+        """Each bucket's inputs and its results (statuses decided): made on a background
+        thread, one bucket ahead of the rows being typed and written."""
         bounds = buckets.bounds(ins.n)
         for b, ((lo, hi), inputs) in enumerate(zip(bounds, ins.slices(bounds), strict=True)):
             if b and b % blocks._TRIM_EVERY == 0:
@@ -107,15 +107,15 @@ def _assemble(
                     [pa.nulls(hi - lo, t) for t in result_schema.types], schema=result_schema
                 )
             status = pc.coalesce(results.column("status"), _str(default_status))
-            results = results.set_column(0, "status", status)
-            fields: list[Any] = []
-            if schema is not None:
-                results, fields = _structured(results, schema)
-            yield inputs, results, fields
+            yield inputs, results.set_column(0, "status", status)
 
     ahead = _Prefetcher(prepared(), depth=1)
     try:
-        for inputs, results, fields in ahead:
+        for inputs, results in ahead:
+            # Typed here, while the next bucket is prepared: the two halves of the work overlap.
+            fields: list[Any] = []
+            if schema is not None:
+                results, fields = _structured(results, schema)
             if schema is not None and output_names is None:
                 output_names = _output_names(
                     schema.field_names, inputs.column_names + results.column_names
