@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.arrow_values import strings
 from dagster_together.options import ResubmitOptions
 from dagster_together.output_schema import OutputSchema
 from dagster_together.storage import BatchStorageLayout, open_pending, publish_parquet
@@ -148,6 +149,4 @@ def retryable_rows(results: pa.Table, options: ResubmitOptions) -> list[str]:
 
 
 def _as_array(values: Iterable[str]) -> Any:
-    import pyarrow as pa
-
-    return pa.array(list(values), pa.string())
+    return strings(list(values))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from dagster_together.answers import AnswerStore, request_key
+from dagster_together.arrow_values import strings
 from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.memory import give_back_memory
 from dagster_together.options import BatchingOptions, ResubmitOptions
@@ -129,7 +130,6 @@ def submit_prompts(
     healed by a re-run: the same request bytes get the same file id, and the batch on it is
     found and reused instead of billed again.
     """
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     from dagster_together.client import InvalidRequestFileError
@@ -233,7 +233,7 @@ def submit_prompts(
         if not chunks:
             return submission
         _log_estimate(context, submission, cost)
-        cached = pa.array(sorted(cached_ids), pa.string())
+        cached = strings(sorted(cached_ids))
 
         def sent(parts: Iterable[pa.Table]) -> Iterator[pa.Table]:
             """The rows of ``parts`` that are sent (the store answers the others)."""
@@ -398,7 +398,7 @@ class _Keys:
         import pyarrow as pa
 
         if self._keys:
-            ids, keys = pa.array(self._ids, pa.string()), pa.array(self._keys, pa.string())
+            ids, keys = strings(self._ids), strings(self._keys)
             self._blocks.append(pa.Table.from_arrays([ids, keys], schema=_keys_schema()))
             self._ids, self._keys = [], []
 
@@ -593,7 +593,6 @@ def follow_up(
     """A follow-up batch (attempt + 1) for the rows of ``results`` a new try may fix, when the
     attempts allow one; ``[]`` otherwise. Crash-safe like the submit: the same rows give the
     same bytes, hence the same file id, and the batch on it is reused."""
-    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -617,7 +616,7 @@ def follow_up(
             endpoint=endpoint,
             observe=sent_rows.add,
         )
-        wanted = pa.array(sorted(retry), pa.string())
+        wanted = strings(sorted(retry))
 
         def rows_of(location: str) -> Any:
             fs, path = layout.filesystem(location)

@@ -84,3 +84,39 @@ def test_unique_ids_are_not_remembered_but_repeats_are_refused(tmp_path: Path) -
             )
     finally:
         rules._Rules.check_cross = original  # type: ignore[method-assign]
+
+
+def test_the_submit_path_does_not_import_pandas(tmp_path: Path) -> None:
+    """pyarrow's conversion of Python lists imports pandas (tens of MB in the run): the submit's
+    blocks of ids, keys and request rows are built from buffers instead."""
+    import subprocess
+    import sys
+    import textwrap
+
+    pq.write_table(_prompts(25_000), tmp_path / "p.parquet")
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from dagster_together.requests import RequestTemplate, build_requests, write_request_chunks
+        from dagster_together.requests.rows import RequestRows
+        from dagster_together.submit import _Keys
+
+        rows = RequestRows(spill={str(tmp_path / "rows.arrows")!r})
+        keys = _Keys("/v1/chat/completions", spill={str(tmp_path / "keys.arrows")!r})
+
+        def observe(request):
+            rows.add(request)
+            keys.add(request)
+
+        template = RequestTemplate(model={MODEL!r}, prompt_column="text")
+        requests = build_requests({str(tmp_path / "p.parquet")!r}, template=template, id_column="id")
+        write_request_chunks(requests, {str(tmp_path / "out")!r}, observe=observe)
+        assert sum(b.num_rows for b in rows.blocks()) == 25_000
+        assert sum(b.num_rows for b in keys.blocks()) == 25_000
+        print("pandas" in sys.modules)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "False", done.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.arrow_values import strings
+
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
@@ -87,9 +89,9 @@ class RequestRows:
         self._blocks.append(
             pa.Table.from_arrays(
                 [
-                    pa.array(self._ids, pa.string()),
-                    pa.array(self._models, pa.string()),
-                    pa.array(self._prompts, pa.string()),
+                    strings(self._ids),
+                    strings(self._models),
+                    strings(self._prompts),
                 ],
                 schema=_schema(),
             )

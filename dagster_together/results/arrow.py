@@ -11,14 +11,10 @@ from __future__ import annotations
 import array
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.arrow_values import int64s
+
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
-
-
-def _int64s(values: array.array) -> pa.Array:
-    import pyarrow as pa
-
-    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
 
 
 def _range(lo: int, hi: int) -> pa.Array:
@@ -36,7 +32,7 @@ def _null(typ: pa.DataType) -> pa.Scalar:
 
 
 def _int(value: int) -> pa.Scalar:
-    return _int64s(array.array("q", [value]))[0]
+    return int64s(array.array("q", [value]))[0]
 
 
 def _int32(value: int) -> pa.Scalar:
@@ -51,23 +47,6 @@ def _str(value: str) -> pa.Scalar:
     data = value.encode()
     offsets = pa.py_buffer(array.array("i", [0, len(data)]))
     return pa.StringArray.from_buffers(1, offsets, pa.py_buffer(data))[0]
-
-
-def _strings(values: list[str | None]) -> pa.Array:
-    """A string array of ``values`` (None: null), built from buffers."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    encoded = [b"" if v is None else v.encode() for v in values]
-    offsets = array.array("i", [0])
-    for item in encoded:
-        offsets.append(offsets[-1] + len(item))
-    data = pa.py_buffer(b"".join(encoded))
-    texts = pa.StringArray.from_buffers(len(values), pa.py_buffer(offsets), data)
-    if all(v is not None for v in values):
-        return texts
-    valid = _int64s(array.array("q", [v is not None for v in values]))
-    return pc.if_else(pc.cast(valid, pa.bool_()), texts, _null(pa.string()))
 
 
 def _bool(value: bool) -> pa.Scalar:

@@ -15,16 +15,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.arrow_values import int64s, strings
 from dagster_together.memory import give_back_memory
 from dagster_together.results import blocks, outputs
 from dagster_together.results.arrow import (
     _first_of_runs,
     _int,
-    _int64s,
     _range,
     _scatter,
     _str,
-    _strings,
 )
 from dagster_together.results.blocks import _Prefetcher
 from dagster_together.results.buckets import _Buckets
@@ -248,13 +247,13 @@ def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list
         for i, fast_values in enumerate(fast)
     ]
     if bad:
-        at = positions.take(rest.take(_int64s(array.array("q", bad))))
+        at = positions.take(rest.take(int64s(array.array("q", bad))))
         to_row = _scatter(at, 0, n)
         mask = pc.is_valid(to_row)
         for name, new in (
-            ("status", _strings(["invalid_output"] * len(bad))),
-            ("error", _strings(errors)),
-            ("error_code", _strings(codes)),
+            ("status", strings(["invalid_output"] * len(bad))),
+            ("error", strings(errors)),
+            ("error_code", strings(codes)),
         ):
             i = results.schema.get_field_index(name)
             column = pc.if_else(mask, new.take(to_row), results.column(name))

@@ -11,8 +11,9 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.arrow_values import int64s
 from dagster_together.results import outputs
-from dagster_together.results.arrow import _int, _int32, _int64s
+from dagster_together.results.arrow import _int, _int32
 from dagster_together.results.inputs import _Inputs
 from dagster_together.results.outputs import _Report, _row_schema
 
@@ -89,7 +90,7 @@ class _Buckets:
             cuts.append(cuts[-1] + count)
         # Per column: the buffers to slice, and for strings the byte offset of every cut.
         parts: list[tuple[memoryview, memoryview, memoryview | None, Any]] = []
-        cut_array = _int64s(array.array("q", cuts))
+        cut_array = int64s(array.array("q", cuts))
         for column, is_string in zip(rows.columns, self.strings, strict=True):
             arr = column.chunk(0)
             valid = memoryview(pc.is_valid(arr).cast(pa.uint8()).buffers()[1])
@@ -176,7 +177,7 @@ class _Buckets:
             if is_string:
                 lengths = pa.Array.from_buffers(pa.int32(), n, [None, column[1]])
                 ends = pc.cumulative_sum(lengths.cast(pa.int64()))
-                offsets = pa.concat_arrays([_int64s(array.array("q", [0])), ends])
+                offsets = pa.concat_arrays([int64s(array.array("q", [0])), ends])
                 arrays.append(
                     pa.StringArray.from_buffers(
                         n,

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.arrow_values import strings
 from dagster_together.client.errors import TogetherError
 from dagster_together.requests.rules import json_type
 from dagster_together.results import blocks
@@ -25,7 +26,6 @@ from dagster_together.results.arrow import (
     _range,
     _scatter,
     _str,
-    _strings,
 )
 from dagster_together.results.blocks import (
     _Block,
@@ -371,7 +371,7 @@ def _tool_calls_text(calls: Any) -> Any:
     some = pc.indices_nonzero(pc.fill_null(pc.greater(pc.list_value_length(calls), 0), False))
     if len(some) == 0:
         return texts
-    dumped = _strings([json.dumps(c, ensure_ascii=False) for c in calls.take(some).to_pylist()])
+    dumped = strings([json.dumps(c, ensure_ascii=False) for c in calls.take(some).to_pylist()])
     # Row i: its dumped text where it has calls, else its "[]" or null.
     n = len(calls)
     at = _scatter(some.cast(pa.int64()), 0, n)

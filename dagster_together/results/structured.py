@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.arrow_values import int64s, strings
 from dagster_together.results.arrow import (
     _bool,
     _falses,
     _int,
-    _int64s,
     _range,
     _scatter,
     _str,
-    _strings,
     _trues,
 )
 
@@ -282,13 +281,13 @@ def _enum_values(node: SchemaNode, typ: pa.DataType) -> pa.Array:
 
     values = list(node.enum or ())
     if node.kind == "string":
-        return _strings(values)
+        return strings(values)
     if node.kind == "number":
         floats = array.array("d", [float(v) for v in values])
         return pa.Array.from_buffers(pa.float64(), len(floats), [None, pa.py_buffer(floats)])
     if node.kind == "integer":  # a non-integral float in the enum matches no integer
-        return _int64s(array.array("q", [int(v) for v in values if float(v).is_integer()]))
-    return _int64s(array.array("q", [int(v) for v in values])).cast(pa.bool_())
+        return int64s(array.array("q", [int(v) for v in values if float(v).is_integer()]))
+    return int64s(array.array("q", [int(v) for v in values])).cast(pa.bool_())
 
 
 def _scalar(bound: float, typ: pa.DataType) -> pa.Scalar:
@@ -298,7 +297,7 @@ def _scalar(bound: float, typ: pa.DataType) -> pa.Scalar:
     import pyarrow as pa
 
     if pa.types.is_integer(typ) and float(bound).is_integer():
-        return _int64s(array.array("q", [int(bound)]))[0]
+        return int64s(array.array("q", [int(bound)]))[0]
     floats = array.array("d", [float(bound)])
     return pa.Array.from_buffers(pa.float64(), 1, [None, pa.py_buffer(floats)])[0]
 
