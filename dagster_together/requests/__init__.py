@@ -11,6 +11,7 @@ A module per step:
 * :mod:`.template`: :class:`RequestTemplate` and :class:`AudioTemplate`, how a row becomes a
   request body (placeholders, images, an output schema; audio lines);
 * :mod:`.images`: images sent inline as ``data:`` URLs;
+* :mod:`.lines`: a template's request lines written without encoding each row's dict;
 * :mod:`.rules`: the API's limits and the per-request rules every step applies;
 * :mod:`.check`: :func:`check_request_file`, the streaming check of a finished file;
 * :mod:`.table`: reading the user's table: :func:`build_requests`, :func:`input_columns_table`
