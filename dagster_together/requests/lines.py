@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-if TYPE_CHECKING:  # pragma: no cover
-    from dagster_together.requests.template import RequestTemplate
+from dagster_together.requests.template import RequestTemplate, value_text
 
 ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 """How every request line is encoded (``json.dumps`` with options would build one per call)."""
@@ -37,14 +36,11 @@ class LineFormat:
         """The format of ``template``'s lines, or None when its rows need their dicts."""
         if template.image_column is not None:
             return None
-        columns: list[str | None] = [None]
-        marks: list[str] = []
+        marks: list[tuple[str, str | None]] = []  # (mark, its column; None for the custom_id)
 
         def mark(column: str | None) -> str:
             text = f"\x00{len(marks)}\x00"
-            marks.append(text)
-            if column is not None:
-                columns.append(column)
+            marks.append((text, column))
             return text
 
         custom_id = mark(None)
@@ -58,20 +54,18 @@ class LineFormat:
         segments: list[str] = []
         slots: list[str | None] = []
         rest = text
-        for k, marked in enumerate(marks):
+        for marked, column in marks:
             encoded = _ESCAPE(marked)[1:-1]
             before, found, rest = rest.partition(encoded)
             if not found or encoded in rest:
                 return None  # the template's own text holds the mark: no shortcut
             segments.append(before)
-            slots.append(columns[k])
+            slots.append(column)
         segments.append(rest)
         return cls(segments, slots)
 
     def line(self, custom_id: str, row: Mapping[str, Any]) -> str:
         """The request's JSON text (no newline) for ``custom_id`` and the row's values."""
-        from dagster_together.requests.template import value_text
-
         segments = self._segments
         parts = [segments[0]]
         for k, column in enumerate(self._slots):
@@ -88,4 +82,4 @@ class _MarkedRow:
         self._mark = mark
 
     def __getitem__(self, column: str) -> str:
-        return str(self._mark(column))
+        return self._mark(column)

@@ -121,22 +121,7 @@ class _Rules:
                 f"{where}: custom_id is a JSON {json_type(custom_id)} ({_short(custom_id)}), not a "
                 f"string; write it as a JSON string{example}."
             )
-        if not custom_id:
-            if self.rows is not None:
-                raise InvalidRequestFileError(
-                    f"{where}: the id column {self.rows.column!r} is empty; every row needs a "
-                    "unique, non-empty id (it becomes custom_id, on which the results are joined)."
-                )
-            raise InvalidRequestFileError(
-                f"{where}: custom_id is empty; give every request a unique, non-empty custom_id."
-            )
-        if len(custom_id) > MAX_CUSTOM_ID_LENGTH:
-            raise InvalidRequestFileError(
-                f"{where}: {self.subject(_short(custom_id))} is {len(custom_id)} characters long, "
-                f"over the limit of {MAX_CUSTOM_ID_LENGTH}"
-                f"{' for a custom_id' if self.rows is not None else ''}; use a shorter id (e.g. a "
-                "row number or a hash)."
-            )
+        self.check_id_text(custom_id, where)
         body = obj.get("body")
         if body is None:
             raise InvalidRequestFileError(
@@ -166,13 +151,31 @@ class _Rules:
 
     def check_built(self, request: Mapping[str, Any], pos: int) -> tuple[str, str]:
         """Check a request a template built (its shape is the template's, its id text): the
-        id's length and the checks across requests; return (custom_id, model)."""
+        id and the checks across requests; return (custom_id, model)."""
         custom_id = request["custom_id"]
         model = request["body"]["model"]
-        if not custom_id or len(custom_id) > MAX_CUSTOM_ID_LENGTH:
-            self.check_object(dict(request), pos)  # raises, with the message for the id
+        self.check_id_text(custom_id, self.label(pos))
         self.check_cross(custom_id, model, None, pos)
         return custom_id, model
+
+    def check_id_text(self, custom_id: str, where: str) -> None:
+        """A custom_id string is not empty and within the API's length."""
+        if not custom_id:
+            if self.rows is not None:
+                raise InvalidRequestFileError(
+                    f"{where}: the id column {self.rows.column!r} is empty; every row needs a "
+                    "unique, non-empty id (it becomes custom_id, on which the results are joined)."
+                )
+            raise InvalidRequestFileError(
+                f"{where}: custom_id is empty; give every request a unique, non-empty custom_id."
+            )
+        if len(custom_id) > MAX_CUSTOM_ID_LENGTH:
+            raise InvalidRequestFileError(
+                f"{where}: {self.subject(_short(custom_id))} is {len(custom_id)} characters long, "
+                f"over the limit of {MAX_CUSTOM_ID_LENGTH}"
+                f"{' for a custom_id' if self.rows is not None else ''}; use a shorter id (e.g. a "
+                "row number or a hash)."
+            )
 
     def check_cross(self, custom_id: str, model: str, url: str | None, pos: int) -> None:
         """The checks that need earlier requests: unique ids, one model, one endpoint."""

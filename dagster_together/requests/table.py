@@ -235,9 +235,12 @@ class TableRequests(Iterator[dict[str, Any]]):
     Attributes:
         position: the row (1-based; the line, for a JSONL file) of the request last returned.
         naming: how messages name the table, its rows and the id column (set once reading starts).
+        line: the JSON text of the request last returned when the template wrote it directly
+            (see :mod:`~dagster_together.requests.lines`), else None (its dict is encoded).
 
-    :func:`~dagster_together.requests.chunks.write_request_chunks` reads both, so that its
-    errors name the user's row and id column rather than a request number and ``custom_id``.
+    :func:`~dagster_together.requests.chunks.write_request_chunks` reads all three: its errors
+    name the user's row and id column rather than a request number and ``custom_id``, and a
+    ``line`` is written as it is.
     """
 
     def __init__(
