@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.arrow_values import repeated, strings
 from dagster_together.storage import BatchStorageLayout, publish_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,12 +137,17 @@ class AnswerStore:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        succeeded = results.filter(pc.equal(results["status"], "succeeded"))
-        answered = succeeded.select(["custom_id", *ANSWER_COLUMNS]).join(
-            keys, "custom_id", join_type="inner"
-        )
-        table = answered.select(["key", *ANSWER_COLUMNS]).append_column(
-            "batch_id", pa.array([batch_id] * answered.num_rows, pa.string())
+        # Matched by index rather than with Table.join: Acero's import loads pandas.
+        succeeded = results.filter(pc.equal(results["status"], strings(["succeeded"])[0]))
+        at = pc.index_in(succeeded["custom_id"], value_set=keys["custom_id"])
+        answered = succeeded.filter(pc.is_valid(at))
+        table = pa.Table.from_arrays(
+            [
+                keys["key"].take(at.drop_null()),
+                *(answered[c] for c in ANSWER_COLUMNS),
+                repeated(batch_id, answered.num_rows),
+            ],
+            names=["key", *ANSWER_COLUMNS, "batch_id"],
         )
         publish_parquet(table, self._layout.answers_parquet(batch_id), self._layout.storage_options)
         return table.num_rows

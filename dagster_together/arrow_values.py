@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-__all__ = ["int64s", "strings"]
+__all__ = ["int64s", "repeated", "strings"]
 
 
 def int64s(values: array.array) -> pa.Array:
@@ -39,3 +39,15 @@ def strings(values: Sequence[str | None]) -> pa.Array:
         return texts
     valid = int64s(array.array("q", [v is not None for v in values]))
     return pc.if_else(pc.cast(valid, pa.bool_()), texts, pa.nulls(1, pa.string())[0])
+
+
+def repeated(value: str | bool, n: int) -> pa.Array:
+    """``value`` ``n`` times, as a string or a bool array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(value, bool):
+        one = pc.cast(int64s(array.array("q", [value])), pa.bool_())
+    else:
+        one = strings([value])
+    return one.take(int64s(array.array("q", bytes(8 * n))))

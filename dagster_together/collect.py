@@ -17,7 +17,7 @@ from dagster_together.answers import ANSWER_COLUMNS, AnswerStore
 from dagster_together.cost import PriceTable, cost_of_usage
 from dagster_together.final_table import FinalSummary, assemble_final
 from dagster_together.options import ResubmitOptions, ResultsOptions
-from dagster_together.storage import BatchStorageLayout
+from dagster_together.storage import BatchStorageLayout, read_parquet
 from dagster_together.submissions import BatchRecord, Submissions
 
 if TYPE_CHECKING:
@@ -218,20 +218,14 @@ def store_answers_and_follow_up(
 ) -> list[SubmittedBatch]:
     """After a batch is joined: its answers go to the answer store, and the rows a new try may
     fix to a follow-up batch (returned). Nothing for a batch submitted without a ``record``."""
-    import pyarrow.parquet as pq
-
     from dagster_together.submit import follow_up
 
     if record is None:
         return []
     fs, path = layout.filesystem(layout.results_parquet(job.id))
-    results = pq.read_table(
-        path,
-        filesystem=fs,
-        columns=["custom_id", "status", "error_code", *ANSWER_COLUMNS],
-    )
+    results = read_parquet(fs, path, ["custom_id", "status", "error_code", *ANSWER_COLUMNS])
     kfs, kpath = layout.filesystem(layout.keys_parquet(job.id))
-    stored = AnswerStore(layout).add(job.id, results, pq.read_table(kpath, filesystem=kfs))
+    stored = AnswerStore(layout).add(job.id, results, read_parquet(kfs, kpath))
     context.log.info(f"{stored:,} answer(s) of batch {job.id} kept in {layout.answers_url}.")
     follow_ups = follow_up(
         context,

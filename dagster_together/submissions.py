@@ -142,7 +142,7 @@ def retryable_rows(results: pa.Table, options: ResubmitOptions) -> list[str]:
     import pyarrow.compute as pc
 
     status = results["status"]
-    code = pc.fill_null(results["error_code"], "")
+    code = pc.fill_null(results["error_code"], _as_array([""])[0])
     fatal = pc.is_in(code, value_set=_as_array(sorted(options.fatal_error_codes)))
     retry = pc.and_(pc.is_in(status, value_set=_as_array(list(_RETRY_STATUSES))), pc.invert(fatal))
     return results.filter(retry)["custom_id"].to_pylist()

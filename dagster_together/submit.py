@@ -22,7 +22,7 @@ from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.memory import give_back_memory
 from dagster_together.options import BatchingOptions, ResubmitOptions
 from dagster_together.requests.rows import RequestRows, RowStream, TableSpill, write_request_rows
-from dagster_together.storage import BatchStorageLayout, publish_parquet
+from dagster_together.storage import BatchStorageLayout, publish_parquet, read_parquet
 from dagster_together.submissions import (
     BatchRecord,
     Submissions,
@@ -594,7 +594,6 @@ def follow_up(
     attempts allow one; ``[]`` otherwise. Crash-safe like the submit: the same rows give the
     same bytes, hence the same file id, and the batch on it is reused."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from dagster_together.requests import write_request_chunks
 
@@ -620,7 +619,7 @@ def follow_up(
 
         def rows_of(location: str) -> Any:
             fs, path = layout.filesystem(location)
-            table = pq.read_table(path, filesystem=fs)
+            table = read_parquet(fs, path)
             return table.filter(pc.is_in(table["custom_id"], value_set=wanted))
 
         keys = rows_of(layout.keys_parquet(record.batch_id))

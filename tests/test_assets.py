@@ -629,3 +629,60 @@ def test_building_the_pipeline_warns_of_nothing(tmp_path: Path) -> None:
         build(str(tmp_path), prompts)
         build(str(tmp_path), prompts, watch=WaitOptions())
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.slow
+def test_a_results_run_does_not_import_pandas(tmp_path: Path, emulator: Any, api_key: str) -> None:
+    """A results run reads and writes small tables (keys, answers, retryable rows); pyarrow's
+    ``read_table``, ``Table.join`` and conversions of Python values import pandas (about 0.4 CPU
+    seconds in every run process). The run that completes a submission, and assembles its final
+    table, is not covered: it converts to numpy, which imports pandas too."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import dagster as dg
+        import pyarrow as pa
+        from dagster_together import BatchingOptions, TogetherResource, build_together_batch_defs
+        from dagster_together.requests import RequestTemplate
+
+        @dg.asset
+        def reviews():
+            return pa.table({{"id": ["a", "b", "c"], "text": ["good", "bad", "fine"]}})
+
+        bundle = build_together_batch_defs(
+            name="reviews", prompts=reviews, storage={str(tmp_path / "store")!r},
+            template=RequestTemplate(model="m", prompt_column="text"), id_column="id",
+            batching=BatchingOptions(max_requests_per_batch=2),
+        )
+        res = {{"together": TogetherResource(api_key={api_key!r}, base_url={emulator.base_url!r})}}
+        with dg.DagsterInstance.get() as instance:
+            if sys.argv[1] == "submit":
+                assert dg.materialize([reviews, bundle.submit_asset], instance=instance,
+                                      resources=res).success
+            else:
+                batch_id = sorted(instance.get_dynamic_partitions(bundle.partitions_def.name))[0]
+                assert dg.materialize([bundle.results_asset], partition_key=batch_id,
+                                      instance=instance, resources=res).success
+        print("pandas" in sys.modules)
+        """
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+
+    def run(phase: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script, phase],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    run("submit")
+    wait_terminal(emulator)
+    assert run("results") == "False"

@@ -37,7 +37,7 @@ from dagster_together.results.blocks import (
     _text,
 )
 from dagster_together.results.outputs import RESULT_COLUMNS
-from dagster_together.storage import filesystem
+from dagster_together.storage import filesystem, read_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -234,13 +234,11 @@ def _free_name(name: str, taken: Iterable[str]) -> str:
 
 
 def _load_table(source: Any, opts: dict[str, Any]) -> pa.Table:
-    import pyarrow.parquet as pq
-
     from dagster_together.requests.table import to_arrow_table
 
     if isinstance(source, (str, os.PathLike)):
         fs, path = filesystem(str(os.fspath(source)), opts)
-        return pq.read_table(path, filesystem=fs)
+        return read_parquet(fs, path)
     return to_arrow_table(source)
 
 
