@@ -17,7 +17,8 @@ __all__ = ["FULL", "QUICK", "Context", "Figure", "Sizes"]
 
 @dataclass(frozen=True)
 class Sizes:
-    """The sizes of one run (full: as the targets say; quick: a smoke run in about a minute)."""
+    """The sizes of one run (full: as the targets say; quick: a smoke run of every figure, at sizes
+    that keep ``make test`` short)."""
 
     join_n: int  # requests in the join figures
     flat_ns: tuple[int, ...]  # requests at which the join's peak RSS must stay flat
@@ -73,8 +74,8 @@ QUICK = Sizes(
     upload_lines=10_000,
     sensor_batches=50,
     asset_n=5_000,
-    backfill_partitions=20,
-    backfill_n=2_000,
+    backfill_partitions=6,
+    backfill_n=1_000,
     backfill_repeats=1,
     repeats=1,
     repeats_long=1,
@@ -83,8 +84,8 @@ QUICK = Sizes(
     final_n=50_000,
     final_flat_n=10_000,
     submit_n=100_000,
-    scale_prompts=(10_000, 50_000),
-    scale_per_batch=2_500,
+    scale_prompts=(2_000, 10_000),
+    scale_per_batch=2_000,
 )
 
 
