@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from dagster_together.keyset import KeySet
 
-__all__ = ["ANSWER_COLUMNS", "AnswerStore", "request_key"]
+__all__ = ["ANSWER_COLUMNS", "AnswerStore", "key_of_text", "key_text", "request_key"]
 
 # What an answer keeps: enough to stand in for the result row of the request it answers.
 ANSWER_COLUMNS = (
@@ -44,16 +44,24 @@ _READ_BUFFER = 1 << 20
 _RELEASE_EVERY = 4
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def key_text(endpoint: str, body: Mapping[str, Any]) -> str:
+    """A request's canonical JSON: what its content key is the hash of."""
+    return _CANONICAL.encode({"endpoint": endpoint, "body": body})
+
+
+def key_of_text(text: str) -> str:
+    """The content key of a request's canonical JSON (:func:`key_text`)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
 def request_key(endpoint: str, body: Mapping[str, Any]) -> str:
     """The content key of a request: 32 hex digits of the SHA-256 of its canonical JSON."""
-    text = json.dumps(
-        {"endpoint": endpoint, "body": body},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return key_of_text(key_text(endpoint, body))
 
 
 class AnswerStore:

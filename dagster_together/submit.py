@@ -22,6 +22,7 @@ from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.memory import give_back_memory
 from dagster_together.options import BatchingOptions, ResubmitOptions
 from dagster_together.requests.rows import RequestRows, RowStream, TableSpill, write_request_rows
+from dagster_together.requests.table import TableRequests
 from dagster_together.storage import BatchStorageLayout, publish_parquet, read_parquet
 from dagster_together.submissions import (
     BatchRecord,
@@ -173,14 +174,16 @@ def submit_prompts(
                 give_back_memory()  # each pass over the prompts frees what it read
             cached_ids = keys.ids_of(hits["key"].combine_chunks()) if hits is not None else set()
 
+            stream = requests()
+
             def observe(request: Any) -> None:
                 estimate.add(request)
                 sent_rows.add(request)
                 if not resubmit.use_answer_cache:
-                    keys.add(request)
+                    keys.add(request, stream.content_key(endpoint))
 
             chunks = write_request_chunks(
-                requests(),
+                stream,
                 tmp,
                 max_requests=batching.max_requests_per_batch,
                 max_bytes=batching.max_bytes_per_batch or MAX_BATCH_BYTES,
@@ -379,11 +382,13 @@ class _Keys:
         self._keys: list[str] = []
         self._blocks = TableSpill(spill)
 
-    def add(self, request: Any) -> None:
-        try:
-            key = request_key(self.endpoint, request["body"])
-        except (TypeError, ValueError, KeyError):
-            key = ""  # not JSON: write_request_chunks refuses it with the row named
+    def add(self, request: Any, key: str | None = None) -> None:
+        """One request, with its content key when known (else computed from its body)."""
+        if key is None:
+            try:
+                key = request_key(self.endpoint, request["body"])
+            except (TypeError, ValueError, KeyError):
+                key = ""  # not JSON: write_request_chunks refuses it with the row named
         self._ids.append(str(request.get("custom_id")))
         self._keys.append(key)
         self.count += 1
@@ -391,8 +396,10 @@ class _Keys:
             self._flush()
 
     def add_all(self, requests: Any) -> None:
+        # Built from a template: the key comes from the template's text, not the request dict.
+        built = requests if isinstance(requests, TableRequests) else None
         for request in requests:
-            self.add(request)
+            self.add(request, built.content_key(self.endpoint) if built is not None else None)
 
     def _flush(self) -> None:
         import pyarrow as pa

@@ -296,40 +296,44 @@ _AWKWARD = [
 ]
 
 
-@pytest.mark.parametrize(
-    "template",
-    [
-        rq.RequestTemplate(model="m", prompt_column="review", system_prompt="Be brief."),
-        rq.RequestTemplate(model="m", prompt_column="review", endpoint="/v1/completions"),
-        rq.RequestTemplate(
-            model="m",
-            messages=[
-                *REVIEWS,
-                {"role": "user", "content": 'Stars: {stars}, tags: {tags} {{"x"}} {review}'},
-            ],
-            body={"max_tokens": 9, "stop": ["\n", "é"], "temperature": 0.5},
-        ),
-        rq.RequestTemplate(
-            model="m",
-            prompt_column="review",
-            output_schema={"type": "object", "properties": {"label": {"type": "string"}}},
-        ),
-        rq.RequestTemplate(
-            model="m", messages=[{"role": "user", "content": "Say \x000\x00 {review}"}]
-        ),
-    ],
-    ids=["prompt", "completions", "placeholders", "schema", "mark-in-text"],
-)
-def test_written_lines_are_the_requests_json_exactly(template: Any, tmp_path: Path) -> None:
-    """The writer encodes template lines without their dicts: the bytes must be the same."""
+# Every form a template writes its lines for (and one whose own text holds the internal mark).
+_LINE_TEMPLATES = [
+    rq.RequestTemplate(model="m", prompt_column="review", system_prompt="Be brief."),
+    rq.RequestTemplate(model="m", prompt_column="review", endpoint="/v1/completions"),
+    rq.RequestTemplate(
+        model="m",
+        messages=[
+            *REVIEWS,
+            {"role": "user", "content": 'Stars: {stars}, tags: {tags} {{"x"}} {review}'},
+        ],
+        body={"max_tokens": 9, "stop": ["\n", "é"], "temperature": 0.5},
+    ),
+    rq.RequestTemplate(
+        model="m",
+        prompt_column="review",
+        output_schema={"type": "object", "properties": {"label": {"type": "string"}}},
+    ),
+    rq.RequestTemplate(model="m", messages=[{"role": "user", "content": "Say \x000\x00 {review}"}]),
+]
+_LINE_TEMPLATE_IDS = ["prompt", "completions", "placeholders", "schema", "mark-in-text"]
+
+
+def _awkward_table() -> Any:
+    """A row per awkward text, in every column a template above reads."""
     n = len(_AWKWARD)
-    table = _table(
+    return _table(
         id=[f"r{i}" for i in range(n)],
         product=list(reversed(_AWKWARD)),
         review=_AWKWARD,
         stars=[1.5, 2, 3, 4, 5, 0],
         tags=[["a", "é"]] * n,
     )
+
+
+@pytest.mark.parametrize("template", _LINE_TEMPLATES, ids=_LINE_TEMPLATE_IDS)
+def test_written_lines_are_the_requests_json_exactly(template: Any, tmp_path: Path) -> None:
+    """The writer encodes template lines without their dicts: the bytes must be the same."""
+    table = _awkward_table()
     chunks = rq.write_request_chunks(
         rq.build_requests(table, template=template, id_column="id"), tmp_path
     )
@@ -338,3 +342,20 @@ def test_written_lines_are_the_requests_json_exactly(template: Any, tmp_path: Pa
         for r in rq.build_requests(table, template=template, id_column="id")
     )
     assert Path(chunks[0].path).read_text(encoding="utf-8") == expected
+
+
+@pytest.mark.parametrize("template", _LINE_TEMPLATES, ids=_LINE_TEMPLATE_IDS)
+def test_content_keys_from_the_template_are_the_request_keys(template: Any) -> None:
+    """The submit keys template requests from the template's text: the same keys as from the
+    request dicts, for every endpoint (the key covers it)."""
+    from dagster_together.answers import request_key
+
+    table = _awkward_table()
+    for endpoint in (template.endpoint, "/v1/other"):
+        stream = rq.build_requests(table, template=template, id_column="id")
+        for request in stream:
+            key = stream.content_key(endpoint)
+            if template is _LINE_TEMPLATES[-1]:  # its own text holds the mark: no shortcut
+                assert key is None
+            else:
+                assert key == request_key(endpoint, request["body"])

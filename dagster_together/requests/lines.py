@@ -9,9 +9,10 @@ put side by side are the escaped whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from dagster_together.answers import key_text
 from dagster_together.requests.template import RequestTemplate, value_text
 
 ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -34,6 +35,25 @@ class LineFormat:
     @classmethod
     def of(cls, template: RequestTemplate) -> LineFormat | None:
         """The format of ``template``'s lines, or None when its rows need their dicts."""
+        return cls._marked(
+            template,
+            lambda custom_id, body: ENCODER.encode({"custom_id": custom_id, "body": body}),
+            with_id=True,
+        )
+
+    @classmethod
+    def key_of(cls, template: RequestTemplate, endpoint: str) -> LineFormat | None:
+        """The format of the text :func:`~dagster_together.answers.request_key` hashes for
+        ``template``'s requests to ``endpoint`` (its ``line`` ignores the custom_id), or None
+        when its rows need their dicts."""
+        return cls._marked(template, lambda _, body: key_text(endpoint, body), with_id=False)
+
+    @classmethod
+    def _marked(
+        cls, template: RequestTemplate, encode: Callable[[str, Any], str], *, with_id: bool
+    ) -> LineFormat | None:
+        """The text ``encode(custom_id, body)`` gives for a row of marks, cut at the marks
+        (``with_id``: whether that text holds the custom_id)."""
         if template.image_column is not None:
             return None
         marks: list[tuple[str, str | None]] = []  # (mark, its column; None for the custom_id)
@@ -48,20 +68,28 @@ class LineFormat:
         prompt = mark(prompt_column) if prompt_column is not None else None
         try:
             body = template.build_body(prompt, values=cast(Mapping[str, Any], _MarkedRow(mark)))
-            text = ENCODER.encode({"custom_id": custom_id, "body": body})
+            text = encode(custom_id, body)
         except (TypeError, ValueError):
             return None  # a body field that is not JSON: the row's own encoding says so
+        found: list[tuple[int, str, str | None]] = []  # (where, escaped mark, column)
+        for marked, column in marks:
+            escaped = _ESCAPE(marked)[1:-1]
+            at = text.find(escaped)
+            if column is None and not with_id:
+                if at >= 0:
+                    return None  # the template's own text holds the mark: no shortcut
+                continue
+            if at < 0 or text.find(escaped, at + 1) >= 0:
+                return None  # likewise
+            found.append((at, escaped, column))
         segments: list[str] = []
         slots: list[str | None] = []
-        rest = text
-        for marked, column in marks:
-            encoded = _ESCAPE(marked)[1:-1]
-            before, found, rest = rest.partition(encoded)
-            if not found or encoded in rest:
-                return None  # the template's own text holds the mark: no shortcut
-            segments.append(before)
+        end = 0
+        for at, escaped, column in sorted(found):  # sorted keys may reorder the marks
+            segments.append(text[end:at])
             slots.append(column)
-        segments.append(rest)
+            end = at + len(escaped)
+        segments.append(text[end:])
         return cls(segments, slots)
 
     def line(self, custom_id: str, row: Mapping[str, Any]) -> str:

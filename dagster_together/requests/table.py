@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from dagster_together.answers import key_of_text
 from dagster_together.client.errors import InvalidRequestFileError
 from dagster_together.memory import give_back_memory
 from dagster_together.requests.lines import LineFormat
@@ -240,23 +241,42 @@ class TableRequests(Iterator[dict[str, Any]]):
 
     :func:`~dagster_together.requests.chunks.write_request_chunks` reads all three: its errors
     name the user's row and id column rather than a request number and ``custom_id``, and a
-    ``line`` is written as it is.
+    ``line`` is written as it is. The submit asks :meth:`content_key` for each request.
     """
 
     def __init__(
-        self, naming: RowNaming, rows: Iterator[tuple[int, dict[str, Any], str | None]]
+        self,
+        naming: RowNaming,
+        rows: Iterator[_Built],
+        template: RequestTemplate | AudioTemplate | None = None,
     ) -> None:
         self.naming = naming
         self.position = 0
         self.line: str | None = None
         self._rows = rows
+        self._values: Mapping[str, Any] | None = None  # the row the template read, last request
+        self._template = template if isinstance(template, RequestTemplate) else None
+        self._key_formats: dict[str, LineFormat | None] = {}
 
     def __iter__(self) -> TableRequests:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        self.position, request, self.line = next(self._rows)
+        self.position, request, self.line, self._values = next(self._rows)
         return request
+
+    def content_key(self, endpoint: str) -> str | None:
+        """The content key (:func:`~dagster_together.answers.request_key`) of the request last
+        returned, made from the template's text around the row's values; None when the
+        template cannot make it (then ``request_key`` of the request's body gives it)."""
+        if self._values is None or self._template is None:
+            return None
+        if endpoint not in self._key_formats:
+            self._key_formats[endpoint] = LineFormat.key_of(self._template, endpoint)
+        key_format = self._key_formats[endpoint]
+        if key_format is None:
+            return None
+        return key_of_text(key_format.line("", self._values))
 
 
 def build_requests(
@@ -305,10 +325,16 @@ def build_requests(
             rules (unique ids, lengths, models) are checked by :func:`write_request_chunks`,
             whose messages then name the same rows and the id column.
     """
+    if template is not None and endpoint is not None and endpoint != template.endpoint:
+        template = replace(template, endpoint=endpoint)
     naming = RowNaming()
-    return TableRequests(
-        naming, _build(source, template, id_column, endpoint, storage_options, naming, unique_ids)
-    )
+    rows = _build(source, template, id_column, endpoint, storage_options, naming, unique_ids)
+    return TableRequests(naming, rows, template)
+
+
+# A built request: its row (1-based), the request, its line when the template wrote it, and the
+# values the template read (None for a table of requests or an audio template).
+_Built = tuple[int, dict[str, Any], str | None, Mapping[str, Any] | None]
 
 
 def _build(
@@ -319,7 +345,7 @@ def _build(
     storage_options: Mapping[str, Any] | None,
     naming: RowNaming,
     unique_ids: bool | None = None,
-) -> Iterator[tuple[int, dict[str, Any], str | None]]:
+) -> Iterator[_Built]:
     table = _Source(source, storage_options)
     naming.source, naming.unit = table.name, table.unit
     names = table.column_names()
@@ -334,8 +360,6 @@ def _build(
         naming.unique_ids = unique_ids or table.unique_ids("custom_id")
         yield from _prebuilt(table, naming, names, method)
         return
-    if endpoint is not None and endpoint != template.endpoint:
-        template = replace(template, endpoint=endpoint)
     if id_column is None:
         if names is not None and "custom_id" not in names:
             raise InvalidRequestFileError(
@@ -376,7 +400,8 @@ def _build(
                     f"{naming.where(pos)}: {_describe(column, where)} is {what} "
                     f"({id_column} {custom_id!r}); fill or drop such rows first."
                 )
-        yield pos, *make(pos, custom_id, row)
+        request, line = make(pos, custom_id, row)
+        yield pos, request, line, row
 
 
 def _describe(column: str, where: str) -> str:
@@ -463,7 +488,7 @@ def _audio_body(template: AudioTemplate, naming: RowNaming, id_column: str) -> A
 
 def _prebuilt(
     table: _Source, naming: RowNaming, names: list[str] | None, method: str | None
-) -> Iterator[tuple[int, dict[str, Any], None]]:
+) -> Iterator[_Built]:
     """Rows that are requests already; a ``method`` column (or key) is kept, and ``method``
     is the default for rows without one (``FILE`` for audio endpoints)."""
     wanted = ["custom_id", "body"] + (["method"] if names is None or "method" in names else [])
@@ -491,7 +516,7 @@ def _prebuilt(
         row_method = row.get("method")
         if row_method is not None or method is not None:
             request = {"custom_id": custom_id, "method": row_method or method, "body": body}
-        yield pos, request, None
+        yield pos, request, None, None
 
 
 # --------------------------------------------------------------------------------------------
