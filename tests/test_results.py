@@ -637,3 +637,20 @@ def test_inputs_as_several_request_files(tmp_path: Path) -> None:
         ("b", None),
         ("c", "C"),
     ]
+
+
+def test_scatter_places_the_first_row_of_each_position() -> None:
+    """The take-indices that put rows at their input positions (every bucket of the join):
+    the first row of a repeated position, nothing for positions outside the range or null."""
+    from dagster_together.results.arrow import _scatter
+
+    rng = random.Random(7)
+    for _ in range(200):
+        values = sorted(rng.randint(0, 60) for _ in range(rng.randint(0, 40)))
+        lo = rng.randint(0, 20)
+        hi = lo + rng.randint(0, 40)
+        column = pa.array(values + [None] * rng.randint(0, 2), pa.int64()).slice(rng.randint(0, 1))
+        kept = column.to_pylist()
+        expected = [kept.index(p) if p in kept else None for p in range(lo, hi)]
+        assert _scatter(column, lo, hi).to_pylist() == expected
+        assert _scatter(pa.chunked_array([column]), lo, hi).to_pylist() == expected

@@ -102,14 +102,33 @@ def _scatter(positions: Any, lo: int, hi: int) -> Any:
     """Take-indices placing the rows at sorted unique ``positions`` into ``range(lo, hi)``.
 
     Row ``i`` of the answer is the index of the row whose position is ``lo + i``, or null.
+    Positions outside the range, and nulls, place nothing.
     """
+    import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    if len(positions) == 0:
-        return pa.nulls(hi - lo, pa.int64())
-    wanted = _range(lo, hi)
-    at = pc.search_sorted(positions, wanted)
-    clipped = pc.min_element_wise(at.cast(pa.int64()), _int(len(positions) - 1))
-    found = pc.equal(positions.take(clipped), wanted)
-    return pc.if_else(found, clipped, _null(pa.int64()))
+    n = hi - lo
+    if isinstance(positions, pa.ChunkedArray):
+        positions = positions.combine_chunks()
+    if len(positions) == 0 or positions.null_count == len(positions):
+        return pa.nulls(n, pa.int64())
+    positions = positions.cast(pa.int64())
+    # Scattered with numpy over the arrays' buffers: to_numpy would import pandas.
+    at = np.frombuffer(
+        positions.buffers()[1], dtype=np.int64, count=len(positions), offset=positions.offset * 8
+    )
+    rows = np.arange(len(at), dtype=np.int64)
+    keep = (at >= lo) & (at < hi)
+    keep[1:] &= at[1:] != at[:-1]  # a repeated position: its first row, as a search would find
+    if positions.null_count:
+        keep &= np.unpackbits(
+            np.frombuffer(positions.buffers()[0], dtype=np.uint8),
+            count=positions.offset + len(at),
+            bitorder="little",
+        )[positions.offset :].astype(bool)
+    index = np.zeros(n, dtype=np.int64)
+    placed = np.zeros(n, dtype=bool)
+    index[at[keep] - lo] = rows[keep]
+    placed[at[keep] - lo] = True
+    validity = pa.py_buffer(np.packbits(placed, bitorder="little"))
+    return pa.Array.from_buffers(pa.int64(), n, [validity, pa.py_buffer(index)])
