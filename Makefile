@@ -33,7 +33,7 @@ $(DEMO_STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/ruff check dagster_together tests example_project bench
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The fast layer: every test but those marked `slow` (real processes, multi-second scenarios).
 test-fast: $(STAMP)

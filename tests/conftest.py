@@ -13,6 +13,19 @@ import pytest
 # A real PostgreSQL server (session scope): tests/postgres.py.
 from tests.postgres import postgres_server  # noqa: F401
 
+# The longest test files (minutes each) go first: `make test` runs a file per worker at a time,
+# and a long file started last would leave the other worker idle while it ends.
+_LONGEST_FIRST = ("test_postgres_scale.py", "test_bench.py", "test_ui_browser.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every other test keeps its place
+
+
 # A recognisable key: tests grep logs, events and files for it to prove it never leaks.
 TEST_API_KEY = "tgp-test-5ecret-KEY-do-not-leak-7f3a9c"
 
