@@ -41,13 +41,6 @@ def strings(values: Sequence[str | None]) -> pa.Array:
     return pc.if_else(pc.cast(valid, pa.bool_()), texts, pa.nulls(1, pa.string())[0])
 
 
-def repeated(value: str | bool, n: int) -> pa.Array:
-    """``value`` ``n`` times, as a string or a bool array."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(value, bool):
-        one = pc.cast(int64s(array.array("q", [value])), pa.bool_())
-    else:
-        one = strings([value])
-    return one.take(int64s(array.array("q", bytes(8 * n))))
+def repeated(value: str, n: int) -> pa.Array:
+    """A string array of ``value`` ``n`` times."""
+    return strings([value]).take(int64s(array.array("q", bytes(8 * n))))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dagster_together.arrow_values import strings
 from dagster_together.options import ResubmitOptions
@@ -142,11 +142,7 @@ def retryable_rows(results: pa.Table, options: ResubmitOptions) -> list[str]:
     import pyarrow.compute as pc
 
     status = results["status"]
-    code = pc.fill_null(results["error_code"], _as_array([""])[0])
-    fatal = pc.is_in(code, value_set=_as_array(sorted(options.fatal_error_codes)))
-    retry = pc.and_(pc.is_in(status, value_set=_as_array(list(_RETRY_STATUSES))), pc.invert(fatal))
+    code = pc.fill_null(results["error_code"], strings([""])[0])
+    fatal = pc.is_in(code, value_set=strings(sorted(options.fatal_error_codes)))
+    retry = pc.and_(pc.is_in(status, value_set=strings(list(_RETRY_STATUSES))), pc.invert(fatal))
     return results.filter(retry)["custom_id"].to_pylist()
-
-
-def _as_array(values: Iterable[str]) -> Any:
-    return strings(list(values))

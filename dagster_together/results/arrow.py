@@ -11,7 +11,7 @@ from __future__ import annotations
 import array
 from typing import TYPE_CHECKING, Any
 
-from dagster_together.arrow_values import int64s
+from dagster_together.arrow_values import int64s, strings
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -42,11 +42,7 @@ def _int32(value: int) -> pa.Scalar:
 
 
 def _str(value: str) -> pa.Scalar:
-    import pyarrow as pa
-
-    data = value.encode()
-    offsets = pa.py_buffer(array.array("i", [0, len(data)]))
-    return pa.StringArray.from_buffers(1, offsets, pa.py_buffer(data))[0]
+    return strings([value])[0]
 
 
 def _bool(value: bool) -> pa.Scalar:
@@ -117,7 +113,6 @@ def _scatter(positions: Any, lo: int, hi: int) -> Any:
     at = np.frombuffer(
         positions.buffers()[1], dtype=np.int64, count=len(positions), offset=positions.offset * 8
     )
-    rows = np.arange(len(at), dtype=np.int64)
     keep = (at >= lo) & (at < hi)
     keep[1:] &= at[1:] != at[:-1]  # a repeated position: its first row, as a search would find
     if positions.null_count:
@@ -126,9 +121,10 @@ def _scatter(positions: Any, lo: int, hi: int) -> Any:
             count=positions.offset + len(at),
             bitorder="little",
         )[positions.offset :].astype(bool)
+    rows = np.flatnonzero(keep)
     index = np.zeros(n, dtype=np.int64)
     placed = np.zeros(n, dtype=bool)
-    index[at[keep] - lo] = rows[keep]
-    placed[at[keep] - lo] = True
+    index[at[rows] - lo] = rows
+    placed[at[rows] - lo] = True
     validity = pa.py_buffer(np.packbits(placed, bitorder="little"))
     return pa.Array.from_buffers(pa.int64(), n, [validity, pa.py_buffer(index)])
