@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.answers import ANSWER_COLUMNS, AnswerStore
 from dagster_together.output_schema import OutputSchema
-from dagster_together.storage import BatchStorageLayout, is_local, open_pending
+from dagster_together.storage import BatchStorageLayout, open_parquet, open_pending
 from dagster_together.submissions import BatchRecord, Submissions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -497,18 +497,11 @@ def _preview(final: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-@contextmanager
-def _open_parquet(layout: BatchStorageLayout, location: str) -> Iterator[Any]:
+def _open_parquet(layout: BatchStorageLayout, location: str) -> AbstractContextManager[Any]:
     """A ``pyarrow.parquet.ParquetFile`` on ``location``, read through a buffer (never a whole
     row group at once)."""
-    import pyarrow.parquet as pq
-
     fs, path = layout.filesystem(location)
-    if is_local(fs):  # pyarrow's own reads, not Python's
-        yield pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
-        return
-    with fs.open(path, "rb") as handle:
-        yield pq.ParquetFile(handle, buffer_size=1 << 20, pre_buffer=False)
+    return open_parquet(fs, path, buffer_size=1 << 20, pre_buffer=False)
 
 
 def _bytes_per_row(parquet: Any, columns: list[str]) -> int:

@@ -2,7 +2,8 @@
 
 * :mod:`~dagster_together.storage.urls`: a location (local path or fsspec URL) to a filesystem,
   and composing locations (:func:`filesystem`, :func:`is_local`, :func:`join`, :func:`parent`);
-* :mod:`~dagster_together.storage.read`: a whole Parquet file read back (:func:`read_parquet`);
+* :mod:`~dagster_together.storage.read`: Parquet files read back (:func:`open_parquet`,
+  :func:`read_parquet`);
 * :mod:`~dagster_together.storage.publish`: atomic publishing, the one way files are written
   (:func:`open_pending`, :func:`publish_file`, :func:`publish_parquet`, :func:`commit_all`);
 * :mod:`~dagster_together.storage.layout`: where a batch pipeline keeps its files
@@ -25,7 +26,7 @@ from dagster_together.storage.publish import (
     publish_file,
     publish_parquet,
 )
-from dagster_together.storage.read import read_parquet
+from dagster_together.storage.read import open_parquet, read_parquet
 from dagster_together.storage.urls import filesystem, is_local, join, parent
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "filesystem",
     "is_local",
     "join",
+    "open_parquet",
     "open_pending",
     "parent",
     "publish_file",
