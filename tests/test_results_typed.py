@@ -133,6 +133,30 @@ def test_bulk_answers_match_row_by_row_parsing(closed: bool) -> None:
         assert row == expected, text
 
 
+@pytest.mark.parametrize("every_answer_good", [True, False])
+def test_rows_that_did_not_succeed_get_no_values(every_answer_good: bool) -> None:
+    schema = OutputSchema(_schema(closed=True))
+    good = json.dumps(
+        {"sentiment": "neutral", "issue": None, "severity": 2}
+        | {"confidence": 0.5, "spam": False, "tags": ["a"]}
+    )
+    contents: list[str | None] = [good if every_answer_good or k % 5 else "no" for k in range(40)]
+    results = _results(contents)
+    failed = [k % 3 == 0 for k in range(40)]
+    status = pa.array(["failed" if f else "succeeded" for f in failed], pa.string())
+    results = results.set_column(results.schema.get_field_index("status"), "status", status)
+    results, fields = _structured(results, schema)
+    for k, (row_status, severity) in enumerate(
+        zip(results.column("status").to_pylist(), fields[2].to_pylist(), strict=True)
+    ):
+        if failed[k]:
+            assert (row_status, severity) == ("failed", None)
+        elif contents[k] == "no":
+            assert (row_status, severity) == ("invalid_output", None)
+        else:
+            assert (row_status, severity) == ("succeeded", 2)
+
+
 def test_most_well_formed_answers_take_the_bulk_path() -> None:
     from dagster_together.results.structured import _typed_answers
 
@@ -144,8 +168,8 @@ def test_most_well_formed_answers_take_the_bulk_path() -> None:
         )
         for k in range(100)
     ]
-    accepted, _ = _typed_answers(pa.array(good, pa.string()), schema)
-    assert accepted.to_pylist() == [True] * 100
+    at, _ = _typed_answers(pa.array(good, pa.string()), schema)
+    assert at.to_pylist() == list(range(100))
 
 
 def test_tool_calls_text_keeps_nulls_empty_lists_and_calls_apart() -> None:

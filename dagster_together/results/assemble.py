@@ -21,7 +21,6 @@ from dagster_together.results import blocks, outputs
 from dagster_together.results.arrow import (
     _first_of_runs,
     _int,
-    _range,
     _scatter,
     _str,
 )
@@ -214,13 +213,12 @@ def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list
     from dagster_together.results.structured import _typed_answers
 
     n = results.num_rows
-    ok = pc.equal(results.column("status"), _str("succeeded"))
-    positions = pc.indices_nonzero(ok).cast(pa.int64())
+    # The rows are kept in place (no take of the answers): each answer's text is copied only
+    # once, into the block the JSON reader parses.
+    succeeded = pc.equal(results.column("status"), _str("succeeded"))
     contents = results.column("content").combine_chunks()
-    if len(positions) < n:
-        contents = contents.take(positions)
-    accepted, fast = _typed_answers(contents, schema)
-    rest = pc.indices_nonzero(pc.invert(accepted)).cast(pa.int64())
+    at, fast = _typed_answers(contents, schema, among=succeeded)
+    rest = pc.indices_nonzero(pc.and_(succeeded, pc.is_null(at))).cast(pa.int64())
     names = schema.field_names
     lines: list[str] = []  # each answer Python checked, as JSON of its shaped values
     bad: list[int] = []  # positions among ``rest``
@@ -237,26 +235,27 @@ def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list
             lines.append("{}")
             continue
         lines.append(json.dumps({name: answer[name] for name in names}, ensure_ascii=False))
-    m = len(contents)
-    # Each answer's value: the fast path's where it accepted, else Python's (after them).
-    pick = pc.if_else(accepted, _range(0, m), pc.add(_scatter(rest, 0, m), _int(m)))
-    at = pick.take(_scatter(positions, 0, n))  # indices composed: each field is taken once
-    slow = _typed_lines(lines, schema)
-    fields = [
-        pa.concat_arrays([fast_values, slow.column(i).combine_chunks()]).take(at)
-        for i, fast_values in enumerate(fast)
-    ]
+    if pc.all(pc.is_valid(at)).as_py():  # every row accepted: the values are in place
+        fields = fast
+    else:
+        # Each answer's value: the fast path's where it accepted, else Python's (after them);
+        # the indices composed, so each field is taken once.
+        k = len(fast[0]) if fast else 0
+        pick = pc.coalesce(at, pc.add(_scatter(rest, 0, n), _int(k)))
+        slow = _typed_lines(lines, schema)
+        fields = [
+            pa.concat_arrays([fast_values, slow.column(i).combine_chunks()]).take(pick)
+            for i, fast_values in enumerate(fast)
+        ]
     if bad:
-        at = positions.take(rest.take(int64s(array.array("q", bad))))
-        to_row = _scatter(at, 0, n)
-        mask = pc.is_valid(to_row)
-        for name, new in (
+        mask = pc.is_valid(_scatter(rest.take(int64s(array.array("q", bad))), 0, n))
+        for name, new in (  # in row order, as ``mask`` marks them
             ("status", strings(["invalid_output"] * len(bad))),
             ("error", strings(errors)),
             ("error_code", strings(codes)),
         ):
             i = results.schema.get_field_index(name)
-            column = pc.if_else(mask, new.take(to_row), results.column(name))
+            column = pc.replace_with_mask(results.column(name).combine_chunks(), mask, new)
             results = results.set_column(i, name, column)
     return results, fields
 
@@ -272,8 +271,10 @@ def _typed_lines(lines: list[str], schema: OutputSchema) -> pa.Table:
     import pyarrow.json as pa_json
 
     arrow_schema = pa.schema(schema.arrow_fields())
-    if not lines:
-        return arrow_schema.empty_table()
+    if all(line == "{}" for line in lines):  # none, or only rejected answers: all null
+        return pa.Table.from_arrays(
+            [pa.nulls(len(lines), t) for t in arrow_schema.types], schema=arrow_schema
+        )
     data = ("\n".join(lines) + "\n").encode()
     return pa_json.read_json(
         pa.BufferReader(data),

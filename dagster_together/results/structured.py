@@ -19,6 +19,7 @@ from dagster_together.results.arrow import (
     _bool,
     _falses,
     _int,
+    _null,
     _range,
     _scatter,
     _str,
@@ -33,36 +34,42 @@ if TYPE_CHECKING:  # pragma: no cover
 _MIN_PIECE = 64  # a refused block is halved down to this many rows, then left to Python
 
 
-def _typed_answers(contents: pa.Array, schema: OutputSchema) -> tuple[pa.Array, list[pa.Array]]:
-    """``(accepted, fields)``: which answers (a string array; nulls are never accepted) this
-    path accepted,
-    and one array per top-level field of the schema (valid only where accepted)."""
+def _typed_answers(
+    contents: pa.Array, schema: OutputSchema, among: pa.Array | None = None
+) -> tuple[pa.Array, list[pa.Array]]:
+    """``(at, values)``: one array per top-level field of the schema (``values``), and for each
+    answer (a string array) the row of ``values`` holding it where this path accepted it, null
+    where it did not. Nulls, and rows where ``among`` (a boolean array) is not true, are never
+    accepted. The caller composes ``at`` with its own indices, so each field is taken once."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = len(contents)
     types = [f.type for f in schema.arrow_fields()]
     if n == 0 or not _supported(schema.root):
-        return _falses(n), [pa.nulls(n, t) for t in types]
+        return pa.nulls(n, pa.int64()), [pa.nulls(0, t) for t in types]
     # One answer per line: no line breaks (nor other control characters, which Python's
     # decoder refuses inside strings) and an object from the first character.
     candidate = pc.starts_with(contents, "{")
+    if among is not None:
+        candidate = pc.and_(candidate, among)
     if _has_control_bytes(contents):  # rare: then the rows holding one are found
         candidate = pc.and_(
             candidate, pc.invert(pc.match_substring_regex(contents, "[\\x00-\\x1f]"))
         )
-    where = pc.indices_nonzero(candidate)
+    where = pc.indices_nonzero(candidate).cast(pa.int64())
     if len(where) == 0:
-        return _falses(n), [pa.nulls(n, t) for t in types]
+        return pa.nulls(n, pa.int64()), [pa.nulls(0, t) for t in types]
+    everyone = len(where) == n
+    candidates = contents if everyone else contents.take(where)
     closed = _all_closed(schema.root)
-    table, parsed = _read_pieces(contents.take(where), pa.schema(schema.arrow_fields()), closed)
-    ok = pc.and_(parsed, _object_ok(schema.root, table, contents.take(where), closed, top=True))
-    accepted_at = where.filter(ok).cast(pa.int64())
-    # Back to the rows of ``contents``: accepted rows get their values, the others null.
-    back = _scatter(accepted_at, 0, n)
-    at = pc.indices_nonzero(ok).take(back)  # indices composed: each field is taken once
-    fields = [table.column(i).combine_chunks().take(at) for i in range(len(types))]
-    return pc.is_valid(back), fields
+    table, parsed = _read_pieces(candidates, pa.schema(schema.arrow_fields()), closed)
+    ok = pc.and_(parsed, _object_ok(schema.root, table, candidates, closed, top=True))
+    values = [table.column(i).combine_chunks() for i in range(len(types))]
+    if everyone:
+        return pc.if_else(ok, _range(0, n), _null(pa.int64())), values
+    # Back to the rows of ``contents``: a candidate's row in ``values`` is its rank in ``where``.
+    return pc.indices_nonzero(ok).cast(pa.int64()).take(_scatter(where.filter(ok), 0, n)), values
 
 
 def _has_control_bytes(strings: pa.Array) -> bool:
@@ -192,7 +199,6 @@ def _object_ok(
     for a required nullable one (must be there) or an optional one that may not be null (must
     be absent), decided only where the key can be seen in the text (below).
     """
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     n = values.num_rows if top else len(values)
@@ -211,9 +217,9 @@ def _object_ok(
         elif known and name not in nested and (sub.nullable or not required):
             assert texts is not None
             # Only the rows where the value is null need the answer: the text is searched there.
-            nulls = pc.indices_nonzero(pc.invert(valid)).cast(pa.int64())
-            found = pc.match_substring_regex(texts.take(nulls), f'"{_regex_escape(name)}"\\s*:')
-            present = pc.fill_null(found.take(_scatter(nulls, 0, n)), _bool(False))
+            missing = pc.invert(valid)
+            found = pc.match_substring_regex(texts.filter(missing), f'"{_regex_escape(name)}"\\s*:')
+            present = pc.replace_with_mask(_falses(n), missing, found)
             null_ok = present if sub.nullable else pc.invert(present)
         else:
             null_ok = _falses(n)
