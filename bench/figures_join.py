@@ -396,7 +396,8 @@ def join_long(ctx: Context) -> list[Row]:
 
 def _peaks(ctx: Context, at_main: list[dict[str, Any]], structured: bool = False) -> dict[int, int]:
     """Peak RSS of the join at each of ``flat_ns`` (``at_main``: the runs at ``join_n``): the
-    worst of a few runs at each size, as RSS varies with thread timing."""
+    worst of as many runs at each size as at ``join_n``, as RSS varies with thread timing (with
+    fewer runs at one size, a lucky low peak there would decide the spread)."""
     peaks: dict[int, int] = {}
     schema = data.REVIEW_SCHEMA if structured else None
     for n in ctx.sizes.flat_ns:
@@ -404,7 +405,7 @@ def _peaks(ctx: Context, at_main: list[dict[str, Any]], structured: bool = False
             peaks[n] = max(int(r["peak_rss"]) for r in at_main)
         else:
             args = _join_args(ctx, n, structured=structured)
-            runs = max(1, ctx.sizes.repeats_long - 1)
+            runs = len(at_main)
             peaks[n] = max(
                 int(run_task(task_join, **args, output_schema=schema)["peak_rss"])
                 for _ in range(runs)
