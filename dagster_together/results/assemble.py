@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.arrow_values import int64s, strings
-from dagster_together.memory import give_back_memory
+from dagster_together.memory import give_back_arrow_memory, give_back_memory
 from dagster_together.results import blocks, outputs
 from dagster_together.results.arrow import (
     _first_of_runs,
@@ -136,6 +136,7 @@ def _assemble(
             del table
             if gathered_bytes >= _ROW_GROUP_BYTES:
                 flush()
+            give_back_arrow_memory()  # what the writer thread freed
         flush()
         if pending is not None:
             pending.result()

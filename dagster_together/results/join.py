@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dagster_together.memory import give_back_memory
+from dagster_together.memory import give_back_arrow_memory, give_back_memory
 from dagster_together.results import blocks
 from dagster_together.results.assemble import _assemble
 from dagster_together.results.blocks import Locations, _as_list
@@ -224,6 +224,7 @@ def join_results(
             if held_bytes >= _SPILL_BYTES:
                 buckets.add(_concat(held), ins, report)
                 held, held_bytes = [], 0
+                give_back_arrow_memory()  # what the spill freed of the parse threads' blocks
             if k % blocks._TRIM_EVERY == 0:
                 give_back_memory()
         if held:
