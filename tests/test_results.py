@@ -262,6 +262,28 @@ def test_unknown_and_duplicate_ids_never_add_rows(tmp_path: Path, inputs: str) -
     assert not summary.complete
 
 
+@pytest.mark.parametrize("ascending", [True, False])
+def test_ids_in_any_order_are_found(tmp_path: Path, ascending: bool) -> None:
+    # Ascending ids are their own index; others are sorted beside a permutation.
+    ids = [f"id-{i:03d}" for i in range(300)]
+    if not ascending:
+        random.Random(5).shuffle(ids)
+    inputs = write_jsonl(tmp_path / "in.jsonl", [request(i) for i in ids])
+    answered = ids[::3] + ["id-999", "zzz", "a"]
+    outputs = write_jsonl(tmp_path / "out.jsonl", [output(i, f"answer {i}") for i in answered])
+    summary = join_results(inputs=inputs, outputs=outputs, destination=tmp_path / "out.parquet")
+    rows = read(summary)
+    assert [r["custom_id"] for r in rows] == ids
+    assert all(
+        (r["content"] == f"answer {r['custom_id']}") == (r["custom_id"] in answered[:100])
+        for r in rows
+    )
+    assert summary.unknown_ids == 3
+    twice = write_jsonl(tmp_path / "twice.jsonl", [request(i) for i in [*ids, ids[7]]])
+    with pytest.raises(InvalidRequestFileError, match="appears more than once"):
+        join_results(inputs=twice, outputs=outputs, destination=tmp_path / "twice.parquet")
+
+
 # ------------------------------------------------------------------------------------------
 # Shapes the output lines take
 # ------------------------------------------------------------------------------------------

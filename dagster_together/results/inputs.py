@@ -101,7 +101,7 @@ class _Inputs:
     def __init__(self) -> None:
         self.n = 0
         self.sorted_ids: Any = None  # pa.Array of string, ascending
-        self.order: Any = None  # input position of each sorted id (uint32)
+        self.order: Any = None  # input position of each sorted id (uint32); None: in order
         self.table: Any = None  # an in-memory table of input columns, or
         self.spill: str | None = None  # an IPC stream file of them, or
         self.parquet: tuple[Any, str] | None = None  # (filesystem, path) of a Parquet file
@@ -112,7 +112,8 @@ class _Inputs:
         """Sort the ids (given as a list of arrays, emptied here) for lookups.
 
         Refuses nulls and duplicates. The copies are made one at a time and the previous one
-        dropped, since this is the one structure that grows with the number of inputs.
+        dropped, since this is the one structure that grows with the number of inputs; ids
+        that are already ascending need no sorted copy at all.
         """
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -124,6 +125,11 @@ class _Inputs:
             raise InvalidRequestFileError(
                 f"{where}: {ids.null_count} input row(s) have no custom_id; every input needs one."
             )
+        if self.n > 1 and pc.all(pc.less(ids.slice(0, self.n - 1), ids.slice(1))).as_py():
+            # Already ascending (ids numbered in row order with zero padding, timestamps...):
+            # the ids are their own index, with no permutation and no sorted copy beside them.
+            self.sorted_ids, self.order = ids, None
+            return
         order = pc.sort_indices(ids)
         if self.n < 2**32:
             order = order.cast(pa.uint32())
@@ -152,7 +158,7 @@ class _Inputs:
         pos = pc.search_sorted(self.sorted_ids, ids)
         clipped = pc.min_element_wise(pos.cast(pa.int64()), _int(self.n - 1))
         found = pc.equal(self.sorted_ids.take(clipped), ids)
-        where = self.order.take(clipped).cast(pa.int64())
+        where = clipped if self.order is None else self.order.take(clipped).cast(pa.int64())
         return pc.if_else(found, where, _null(pa.int64()))
 
     def add_columns(self, source: Any, opts: dict[str, Any]) -> None:
