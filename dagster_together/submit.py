@@ -21,9 +21,9 @@ from dagster_together.arrow_values import strings
 from dagster_together.cost import BudgetExceededError, CostEstimate, CostOptions
 from dagster_together.memory import give_back_memory
 from dagster_together.options import BatchingOptions, ResubmitOptions
-from dagster_together.requests.rows import RequestRows, RowStream, TableSpill, write_request_rows
+from dagster_together.requests.rows import ROW_GROUP_ROWS, RequestRows, RowStream, TableSpill
 from dagster_together.requests.table import TableRequests
-from dagster_together.storage import BatchStorageLayout, publish_parquet, read_parquet
+from dagster_together.storage import BatchStorageLayout, ParquetParts, read_parquet
 from dagster_together.submissions import (
     BatchRecord,
     Submissions,
@@ -287,6 +287,8 @@ def create_batches(
     ``columns``, ``keys`` and ``request_rows`` (``custom_id``, ``request_model``, ``prompt``)
     are :class:`RowStream` s lined up with the chunks: each batch takes its rows from them."""
 
+    from dagster_together.results.inputs import request_rows_table
+
     # Upload. A chunk uploaded before gets back the same file id (checksum match).
     uploaded = [
         # Validated and hashed by write_request_chunks with the same rules: no re-read.
@@ -312,31 +314,34 @@ def create_batches(
                 f"Reusing batch {job.id} ({job.status}) created earlier for the same input "
                 f"file {file.id}; no new batch."
             )
-        # Keep the inputs next to where the outputs will land: the join needs them.
+        # Keep the inputs next to where the outputs will land: the join needs them. The
+        # batch's rows are written a row group at a time, never held whole.
         input_copy = layout.input_jsonl(job.id)
-        batch_columns = columns.take(chunk.n_requests)
-        batch_keys = keys.take(chunk.n_requests)
-        batch_rows = request_rows.take(chunk.n_requests) if request_rows is not None else None
+        opts = layout.storage_options
+        parts: list[ParquetParts] = []
         try:
             layout.put_file(chunk.path, input_copy)
-            if batch_columns.num_columns > 1:  # the user has columns of their own beside custom_id
-                publish_parquet(
-                    batch_columns,
-                    layout.inputs_parquet(job.id),
-                    layout.storage_options,
+            own_columns = ParquetParts(layout.inputs_parquet(job.id), opts)
+            batch_keys = ParquetParts(layout.keys_parquet(job.id), opts)
+            parts += [own_columns, batch_keys]
+            batch_rows = None
+            if request_rows is not None:  # the results join reads it instead of the JSONL
+                batch_rows = ParquetParts(
+                    layout.request_rows_parquet(job.id), opts, row_group_size=ROW_GROUP_ROWS
                 )
-            publish_parquet(
-                batch_keys,
-                layout.keys_parquet(job.id),
-                layout.storage_options,
-            )
-            if batch_rows is not None:  # the results join reads it instead of the JSONL
-                write_request_rows(
-                    batch_rows,
-                    batch_columns,
-                    layout.request_rows_parquet(job.id),
-                    layout.storage_options,
-                )
+                parts.append(batch_rows)
+            for start in range(0, chunk.n_requests, ROW_GROUP_ROWS):
+                n = min(ROW_GROUP_ROWS, chunk.n_requests - start)
+                piece = columns.take(n)
+                if piece.num_columns > 1:  # the user has columns of their own beside custom_id
+                    own_columns.write(piece)
+                batch_keys.write(keys.take(n))
+                if batch_rows is not None:
+                    assert request_rows is not None
+                    batch_rows.write(request_rows_table(request_rows.take(n), piece))
+            for part in parts:
+                if part.written:
+                    part.commit()
             submissions.record(record(job.id, chunk.n_requests))
         except Exception as exc:
             # The batch is paid for: record it anyway, so that nothing watches nothing.
@@ -351,6 +356,9 @@ def create_batches(
                 ),
                 metadata={"together/batch_id": job.id},
             ) from exc
+        finally:
+            for part in parts:
+                part.abort()  # nothing after a commit
         # The batch is recorded once its inputs are stored.
         if on_batch is not None:
             on_batch(job.id)
@@ -364,8 +372,7 @@ def create_batches(
                 input_copy=input_copy,
             )
         )
-        del batch_columns, batch_keys, batch_rows
-        give_back_memory()  # each batch's tables are freed: the next one reuses the memory
+        give_back_memory()  # each batch's pieces are freed: the next one reuses the memory
     return batches
 
 

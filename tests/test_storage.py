@@ -13,6 +13,7 @@ import fsspec
 import pytest
 
 from dagster_together.storage import (
+    ParquetParts,
     commit_all,
     filesystem,
     is_local,
@@ -69,6 +70,36 @@ def test_restart_and_abort_after_commit(tmp_path: Path) -> None:
     out.commit()
     out.abort()  # safe in a finally: nothing after a commit
     assert dest.read_bytes() == b"second"
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_parquet_parts_appear_whole_at_the_commit(tmp_path: Path, where: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest = (
+        str(tmp_path / "t.parquet") if where == "local" else f"memory://{tmp_path.name}/t.parquet"
+    )
+    fs, path = filesystem(dest)
+    parts = ParquetParts(dest, row_group_size=2)
+    assert not parts.written
+    for start in range(0, 5, 2):
+        parts.write(pa.table({"n": list(range(start, min(start + 2, 5)))}))
+        assert not fs.exists(path)
+    parts.commit()
+    parts.abort()  # safe in a finally: nothing after a commit
+    with fs.open(path, "rb") as f:
+        file = pq.ParquetFile(f)
+        assert file.read().column("n").to_pylist() == [0, 1, 2, 3, 4]
+        assert file.metadata.num_row_groups == 3
+    dropped = ParquetParts(str(tmp_path / "dropped.parquet"))
+    dropped.write(pa.table({"n": [1]}))
+    dropped.abort()
+    empty = ParquetParts(str(tmp_path / "empty.parquet"))
+    with pytest.raises(ValueError, match="nothing was written"):
+        empty.commit()
+    empty.abort()
+    assert not (tmp_path / "dropped.parquet").exists() and not (tmp_path / "empty.parquet").exists()
 
 
 def test_staged_upload_sends_nothing_before_the_commit(tmp_path: Path) -> None:

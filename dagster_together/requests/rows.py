@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.arrow_values import strings
@@ -146,23 +146,3 @@ class RowStream:
         head, rest = table.slice(0, n), table.slice(n)
         self._pending, self._have = [rest], rest.num_rows
         return head
-
-
-def write_request_rows(
-    rows: Any,
-    columns: Any,
-    location: str,
-    storage_options: Mapping[str, Any] | None = None,
-) -> None:
-    """Publish one batch's ``request_rows.parquet`` at ``location``: ``rows`` (a table from
-    :meth:`RequestRows.table`) with the user's ``columns`` (``custom_id`` first, lined up with
-    ``rows``; None for none), named as the join names them."""
-    from dagster_together.results.inputs import request_rows_table
-    from dagster_together.storage import publish_parquet
-
-    publish_parquet(
-        request_rows_table(rows, columns),
-        location,
-        storage_options,
-        row_group_size=ROW_GROUP_ROWS,
-    )

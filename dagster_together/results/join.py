@@ -144,7 +144,7 @@ def join_results(
             DataFrame. It decides the rows and their order. From a request JSONL the input columns
             are ``request_model`` and ``prompt`` (the last user message, or the completions
             prompt); from a table, the table's own columns. The submit writes each batch's
-            ``request_rows.parquet`` (:func:`~dagster_together.requests.rows.write_request_rows`):
+            ``request_rows.parquet`` (:func:`~dagster_together.results.inputs.request_rows_table`):
             the same columns as its request JSONL plus the user's, with no JSON to parse. One
             Parquet file is read a row group at a time, never whole.
         outputs: output JSONL location(s); None or empty when the batch produced none.

@@ -5,7 +5,8 @@
 * :mod:`~dagster_together.storage.read`: Parquet files read back (:func:`open_parquet`,
   :func:`read_parquet`);
 * :mod:`~dagster_together.storage.publish`: atomic publishing, the one way files are written
-  (:func:`open_pending`, :func:`publish_file`, :func:`publish_parquet`, :func:`commit_all`);
+  (:func:`open_pending`, :func:`publish_file`, :func:`publish_parquet`, :class:`ParquetParts`,
+  :func:`commit_all`);
 * :mod:`~dagster_together.storage.layout`: where a batch pipeline keeps its files
   (:class:`BatchStorageLayout`).
 
@@ -19,6 +20,7 @@ from dagster_together.storage.layout import BatchStorageLayout
 from dagster_together.storage.publish import (
     REMOTE_BLOCK_SIZE,
     LocalPendingFile,
+    ParquetParts,
     PendingFile,
     RemotePendingFile,
     commit_all,
@@ -33,6 +35,7 @@ __all__ = [
     "REMOTE_BLOCK_SIZE",
     "BatchStorageLayout",
     "LocalPendingFile",
+    "ParquetParts",
     "PendingFile",
     "RemotePendingFile",
     "commit_all",

@@ -397,6 +397,52 @@ def publish_parquet(
         pq.write_table(table, out.local_path, row_group_size=row_group_size)
 
 
+class ParquetParts:
+    """A Parquet file written a table at a time (each of them its row groups) and published at
+    ``location`` by :meth:`commit`: a big table never has to be in memory whole. Nothing
+    appears there before the commit; :meth:`abort` (safe after a commit) leaves nothing."""
+
+    def __init__(
+        self,
+        location: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        row_group_size: int | None = None,
+    ) -> None:
+        self._out = open_pending(location, storage_options, stage_locally=True)
+        self._row_group_size = row_group_size
+        self._writer: Any = None
+
+    @property
+    def written(self) -> bool:
+        """Whether a table has been written (the file has a schema)."""
+        return self._writer is not None
+
+    def write(self, table: Any) -> None:
+        """Append the rows of a pyarrow ``table`` (every table with the first one's schema)."""
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            assert self._out.local_path is not None  # always, with stage_locally
+            self._writer = pq.ParquetWriter(self._out.local_path, table.schema)
+        self._writer.write_table(table, row_group_size=self._row_group_size)
+
+    def commit(self) -> None:
+        """Close the file and publish it (at least one table must have been written)."""
+        if self._writer is None:
+            raise ValueError(f"ParquetParts: nothing was written for {self._out.location}.")
+        self._writer.close()
+        self._writer = None
+        self._out.commit()
+
+    def abort(self) -> None:
+        """Drop the file (nothing after a commit)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._out.abort()
+
+
 def commit_all(files: Sequence[PendingFile]) -> None:
     """Commit ``files`` as one set: if one fails, the rest are aborted and those already
     committed are removed again (best effort), so a failure leaves no half set behind."""
