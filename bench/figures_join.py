@@ -9,8 +9,8 @@ seconds are the child's own (``getrusage``: user + system of every thread) over 
 ``process_cpu_seconds`` also counts its imports and warm-up.
 
 The main join rows measure the join as the results asset calls it: ``inputs=`` the submit's
-``request_rows.parquet`` (written beside the cached data, off the clock, by the submit's own
-``write_request_rows``); the join given the request JSONL instead (an older submission, or a
+``request_rows.parquet`` (written beside the cached data, off the clock, as the submit writes
+it: ``request_rows_table`` in row groups of ``ROW_GROUP_ROWS``); the join given the request JSONL instead (an older submission, or a
 request file downloaded from Together) is an information row.
 
 Fairness: both sides write Parquet with pyarrow's default compression (snappy); the join writes
@@ -173,7 +173,9 @@ def request_rows(batch: data.JoinData) -> str:
     cached data): the results asset's ``inputs=``."""
     import json
 
-    from dagster_together.requests.rows import RequestRows, write_request_rows
+    from dagster_together.requests.rows import ROW_GROUP_ROWS, RequestRows
+    from dagster_together.results.inputs import request_rows_table
+    from dagster_together.storage import publish_parquet
 
     path = batch.inputs.with_name("request_rows.parquet")
     if not path.exists():
@@ -181,7 +183,7 @@ def request_rows(batch: data.JoinData) -> str:
         with open(batch.inputs, "rb") as lines:
             for line in lines:
                 rows.add(json.loads(line))
-        write_request_rows(rows.table(), None, str(path))
+        publish_parquet(request_rows_table(rows.table()), str(path), row_group_size=ROW_GROUP_ROWS)
     return str(path)
 
 
