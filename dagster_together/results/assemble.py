@@ -96,6 +96,8 @@ def _assemble(
         for b, ((lo, hi), inputs) in enumerate(zip(bounds, ins.slices(bounds), strict=True)):
             if b and b % blocks._TRIM_EVERY == 0:
                 give_back_memory()
+            elif b % blocks._RELEASE_EVERY == 0:
+                give_back_arrow_memory()
             spilled = buckets.read(b)
             if spilled is not None:
                 results = _pick(spilled, lo, hi, inputs, report)
@@ -136,7 +138,6 @@ def _assemble(
             del table
             if gathered_bytes >= _ROW_GROUP_BYTES:
                 flush()
-            give_back_arrow_memory()  # what the writer thread freed
         flush()
         if pending is not None:
             pending.result()

@@ -224,9 +224,10 @@ def join_results(
             if held_bytes >= _SPILL_BYTES:
                 buckets.add(_concat(held), ins, report)
                 held, held_bytes = [], 0
-                give_back_arrow_memory()  # what the spill freed of the parse threads' blocks
             if k % blocks._TRIM_EVERY == 0:
                 give_back_memory()
+            elif k % blocks._RELEASE_EVERY == 0:
+                give_back_arrow_memory()
         if held:
             buckets.add(_concat(held), ins, report)
         del held
