@@ -31,7 +31,8 @@ def give_back_arrow_memory() -> None:
 
     With mimalloc, memory that another thread freed (a writer thread done with a row group)
     stays with the thread that allocated it until that thread collects; a loop that hands its
-    tables to another thread calls this once an iteration, so its peak does not climb.
+    tables to another thread calls this every few iterations, so its peak does not climb (each
+    call is paid again in page faults, so not every one).
     """
     import pyarrow as pa
 
