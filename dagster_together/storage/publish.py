@@ -390,11 +390,12 @@ def publish_parquet(
 ) -> None:
     """Write a pyarrow ``table`` as one Parquet file at ``location``, published atomically
     (``row_group_size``: rows per row group, pyarrow's default when None)."""
-    import pyarrow.parquet as pq
-
-    with open_pending(location, storage_options, stage_locally=True) as out:
-        assert out.local_path is not None
-        pq.write_table(table, out.local_path, row_group_size=row_group_size)
+    parts = ParquetParts(location, storage_options, row_group_size=row_group_size)
+    try:
+        parts.write(table)
+        parts.commit()
+    finally:
+        parts.abort()  # nothing after the commit
 
 
 class ParquetParts:
