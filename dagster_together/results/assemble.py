@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dagster_together.arrow_values import int64s, strings
-from dagster_together.memory import give_back_arrow_memory, give_back_memory
+from dagster_together.memory import ArrowMemoryWatch, give_back_memory
 from dagster_together.results import blocks, outputs
 from dagster_together.results.arrow import (
     _first_of_runs,
@@ -93,11 +93,12 @@ def _assemble(
         """Each bucket's inputs and its results (statuses decided): made on a background
         thread, one bucket ahead of the rows being typed and written."""
         bounds = buckets.bounds(ins.n)
+        watch = ArrowMemoryWatch()
         for b, ((lo, hi), inputs) in enumerate(zip(bounds, ins.slices(bounds), strict=True)):
             if b and b % blocks._TRIM_EVERY == 0:
                 give_back_memory()
-            elif b % blocks._RELEASE_EVERY == 0:
-                give_back_arrow_memory()
+            else:
+                watch.check()
             spilled = buckets.read(b)
             if spilled is not None:
                 results = _pick(spilled, lo, hi, inputs, report)

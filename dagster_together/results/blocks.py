@@ -32,9 +32,6 @@ _READ_SIZE = 2 * 1024 * 1024  # bytes per block of lines
 _PARSE_WORKERS = 2  # blocks parsed at once, each by one thread
 _TRIM_EVERY = 64  # blocks or buckets between two hand-backs of freed memory to the OS (each
 # hand-back is paid again in page faults when the memory is used next: rarely is enough)
-_RELEASE_EVERY = 4  # blocks or buckets between two hand-backs of Arrow's freed memory only
-# (mimalloc keeps what another thread freed until the allocating thread collects: without them
-# the peak climbs as the join goes; each one is paid in page faults, so not every block)
 _SLOW_LINES = 32  # below this many lines a failing block is read line by line
 
 

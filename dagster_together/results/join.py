@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dagster_together.memory import give_back_arrow_memory, give_back_memory
+from dagster_together.memory import ArrowMemoryWatch, give_back_memory
 from dagster_together.results import blocks
 from dagster_together.results.assemble import _assemble
 from dagster_together.results.blocks import Locations, _as_list
@@ -218,6 +218,7 @@ def join_results(
         # touches, so bigger spills mean fewer, larger writes.
         held: list[pa.Table] = []
         held_bytes = 0
+        watch = ArrowMemoryWatch()
         for k, tables in enumerate(results, start=1):
             held.extend(tables)
             held_bytes += sum(t.nbytes for t in tables)
@@ -226,8 +227,8 @@ def join_results(
                 held, held_bytes = [], 0
             if k % blocks._TRIM_EVERY == 0:
                 give_back_memory()
-            elif k % blocks._RELEASE_EVERY == 0:
-                give_back_arrow_memory()
+            else:
+                watch.check()
         if held:
             buckets.add(_concat(held), ins, report)
         del held
