@@ -51,7 +51,7 @@ class ArrowMemoryWatch:
     the resident size cannot be read (no ``/proc``), it releases every ``fallback_every`` calls.
     """
 
-    def __init__(self, slack_bytes: int = 48 * 1024 * 1024, fallback_every: int = 4) -> None:
+    def __init__(self, slack_bytes: int = 32 * 1024 * 1024, fallback_every: int = 4) -> None:
         import pyarrow as pa
 
         self.slack_bytes = slack_bytes
