@@ -471,20 +471,21 @@ def results_asset(ctx: Context) -> list[Row]:
     best_ref = min(float(r["seconds"]) for r in ref)
     best_floor = min(float(r["seconds"]) for r in floor)
     ratio = best_ours / best_ref
+
     # What we add to a run: ours - (a no-op run + the direct calls), per repeat (the three runs
     # of a repeat are adjacent, so they share the machine's state), and the median of those.
     # Each side's best of the repeats is kept beside: min(ours) - min(no-op) - min(direct)
     # subtracts two minima from one, which leans upwards.
-    added_per_repeat = sorted(
-        float(o["seconds"]) - float(f["seconds"]) - float(r["seconds"])
-        for o, f, r in zip(ours, floor, ref, strict=True)
-    )
+    def per_repeat(key: str) -> list[float]:
+        return sorted(
+            float(o[key]) - float(f[key]) - float(r[key])
+            for o, f, r in zip(ours, floor, ref, strict=True)
+        )
+
+    added_per_repeat = per_repeat("seconds")
     added = statistics.median(added_per_repeat)
     added_of_bests = best_ours - (best_floor + best_ref)
-    added_cpu = statistics.median(
-        float(o["cpu_seconds"]) - float(f["cpu_seconds"]) - float(r["cpu_seconds"])
-        for o, f, r in zip(ours, floor, ref, strict=True)
-    )
+    added_cpu = statistics.median(per_repeat("cpu_seconds"))
     ok = all(r["success"] and r["complete"] and r["rows"] == n for r in ours)
     big_best = min(big_ours, key=lambda r: float(r["seconds"]))
     big_best_ref = min(float(r["seconds"]) for r in big_ref)

@@ -31,9 +31,9 @@ def give_back_arrow_memory() -> None:
     """Return what Arrow's pool holds freed (cheap: no ``malloc_trim``).
 
     With mimalloc, memory that another thread freed (a writer thread done with a row group)
-    stays with the thread that allocated it until that thread collects; a loop that hands its
-    tables to another thread calls this every few iterations, so its peak does not climb (each
-    call is paid again in page faults, so not every one).
+    stays with the thread that allocated it until that thread collects. Each call is paid again
+    in page faults: a loop that hands its tables to other threads lets
+    :class:`ArrowMemoryWatch` decide when to call it.
     """
     import pyarrow as pa
 
