@@ -21,6 +21,8 @@ from dagster_together.results import blocks, outputs
 from dagster_together.results.arrow import (
     _first_of_runs,
     _int,
+    _null,
+    _range,
     _scatter,
     _str,
 )
@@ -216,12 +218,10 @@ def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list
     from dagster_together.results.structured import _typed_answers
 
     n = results.num_rows
-    # The rows are kept in place (no take of the answers): each answer's text is copied only
-    # once, into the block the JSON reader parses.
-    succeeded = pc.equal(results.column("status"), _str("succeeded"))
+    succeeded = pc.equal(results.column("status").combine_chunks(), _str("succeeded"))
     contents = results.column("content").combine_chunks()
-    at, fast = _typed_answers(contents, schema, among=succeeded)
-    rest = pc.indices_nonzero(pc.and_(succeeded, pc.is_null(at))).cast(pa.int64())
+    accepted, fast = _typed_answers(contents, schema, among=succeeded)
+    rest = pc.indices_nonzero(pc.and_(succeeded, pc.invert(accepted))).cast(pa.int64())
     names = schema.field_names
     lines: list[str] = []  # each answer Python checked, as JSON of its shaped values
     bad: list[int] = []  # positions among ``rest``
@@ -238,13 +238,13 @@ def _structured(results: pa.Table, schema: OutputSchema) -> tuple[pa.Table, list
             lines.append("{}")
             continue
         lines.append(json.dumps({name: answer[name] for name in names}, ensure_ascii=False))
-    if at.null_count == 0:  # every row accepted: the values are in place
-        fields = fast
+    if len(bad) == len(rest):  # Python accepted none: the fast path's values, where it accepted
+        everyone = pc.all(accepted).as_py()
+        fields = fast if everyone else [pc.if_else(accepted, v, _null(v.type)) for v in fast]
     else:
         # Each answer's value: the fast path's where it accepted, else Python's (after them);
         # the indices composed, so each field is taken once.
-        k = len(fast[0]) if fast else 0
-        pick = pc.coalesce(at, pc.add(_scatter(rest, 0, n), _int(k)))
+        pick = pc.if_else(accepted, _range(0, n), pc.add(_scatter(rest, 0, n), _int(n)))
         slow = _typed_lines(lines, schema)
         fields = [
             pa.concat_arrays([fast_values, slow.column(i).combine_chunks()]).take(pick)

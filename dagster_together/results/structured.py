@@ -21,7 +21,6 @@ from dagster_together.results.arrow import (
     _int,
     _null,
     _range,
-    _scatter,
     _str,
     _trues,
 )
@@ -37,17 +36,18 @@ _MIN_PIECE = 64  # a refused block is halved down to this many rows, then left t
 def _typed_answers(
     contents: pa.Array, schema: OutputSchema, among: pa.Array | None = None
 ) -> tuple[pa.Array, list[pa.Array]]:
-    """``(at, values)``: one array per top-level field of the schema (``values``), and for each
-    answer (a string array) the row of ``values`` holding it where this path accepted it, null
-    where it did not. Nulls, and rows where ``among`` (a boolean array) is not true, are never
-    accepted. The caller composes ``at`` with its own indices, so each field is taken once."""
+    """``(accepted, values)``: one array per top-level field of the schema (``values``), row
+    for row with ``contents`` (the answers, a string array), and a boolean per answer, true
+    where this path accepted it: there its values are those :meth:`OutputSchema.parse` gives;
+    elsewhere they are whatever the reader made of the text, for the caller to mask. Nulls, and
+    rows where ``among`` (a boolean array) is not true, are never accepted."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = len(contents)
     types = [f.type for f in schema.arrow_fields()]
     if n == 0 or not _supported(schema.root):
-        return pa.nulls(n, pa.int64()), [pa.nulls(0, t) for t in types]
+        return _falses(n), [pa.nulls(n, t) for t in types]
     # One answer per line: no line breaks (nor other control characters, which Python's
     # decoder refuses inside strings) and an object from the first character.
     candidate = pc.starts_with(contents, "{")
@@ -57,19 +57,30 @@ def _typed_answers(
         candidate = pc.and_(
             candidate, pc.invert(pc.match_substring_regex(contents, "[\\x00-\\x1f]"))
         )
-    where = pc.indices_nonzero(candidate).cast(pa.int64())
-    if len(where) == 0:
-        return pa.nulls(n, pa.int64()), [pa.nulls(0, t) for t in types]
-    everyone = len(where) == n
-    candidates = contents if everyone else contents.take(where)
+    candidate = pc.fill_null(candidate, _bool(False))
+    if not pc.any(candidate).as_py():
+        return _falses(n), [pa.nulls(n, t) for t in types]
+    # Every row keeps a line (the others read as ``{}``, all null), so no row is moved: the
+    # answers are copied once, into the lines the reader parses.
+    texts = _only(contents, candidate)
     closed = _all_closed(schema.root)
-    table, parsed = _read_pieces(candidates, pa.schema(schema.arrow_fields()), closed)
-    ok = pc.and_(parsed, _object_ok(schema.root, table, candidates, closed, top=True))
-    values = [table.column(i).combine_chunks() for i in range(len(types))]
-    if everyone:
-        return pc.if_else(ok, _range(0, n), _null(pa.int64())), values
-    # Back to the rows of ``contents``: a candidate's row in ``values`` is its rank in ``where``.
-    return pc.indices_nonzero(ok).cast(pa.int64()).take(_scatter(where.filter(ok), 0, n)), values
+    table, parsed = _read_pieces(texts, pa.schema(schema.arrow_fields()), closed)
+    ok = pc.and_(parsed, _object_ok(schema.root, table, texts, closed, top=True))
+    accepted = pc.fill_null(pc.and_(candidate, ok), _bool(False))
+    return accepted, [table.column(i).combine_chunks() for i in range(len(types))]
+
+
+def _only(strings: pa.Array, keep: pa.Array) -> pa.Array:
+    """``strings`` made null where ``keep`` (booleans, no nulls, false wherever ``strings`` is
+    null) is false: the same buffers under ``keep`` as validity where the offsets allow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if strings.offset == 0 and keep.offset == 0 and pa.types.is_string(strings.type):
+        return pa.Array.from_buffers(
+            strings.type, len(strings), [keep.buffers()[1], *strings.buffers()[1:]]
+        )
+    return pc.if_else(keep, strings, _null(strings.type))
 
 
 def _has_control_bytes(strings: pa.Array) -> bool:
@@ -93,8 +104,9 @@ def _has_control_bytes(strings: pa.Array) -> bool:
 def _read_pieces(
     answers: pa.Array, arrow_schema: pa.Schema, closed: bool
 ) -> tuple[pa.Table, pa.Array]:
-    """Parse ``answers`` as JSONL; a piece the reader refuses is halved, and pieces of
-    ``_MIN_PIECE`` rows or fewer it refuses are left out (``parsed`` false, values null)."""
+    """Parse ``answers`` as JSONL (a null as ``{}``); a piece the reader refuses is halved,
+    and pieces of ``_MIN_PIECE`` rows or fewer it refuses are left out (``parsed`` false,
+    values null)."""
     import pyarrow as pa
     import pyarrow.json as pa_json
 
@@ -137,10 +149,12 @@ def _read_pieces(
 
 
 def _as_jsonl(strings: pa.Array) -> pa.Buffer:
-    """The strings, each followed by a newline, as one buffer."""
+    """The strings (``{}`` for a null), each followed by a newline, as one buffer."""
     import pyarrow.compute as pc
 
-    joined = pc.binary_join_element_wise(strings, _str(""), _str("\n"))  # a new array
+    joined = pc.binary_join_element_wise(  # a new array
+        strings, _str(""), _str("\n"), null_handling="replace", null_replacement="{}"
+    )
     size = pc.sum(pc.binary_length(joined)).as_py() or 0
     return joined.buffers()[2].slice(0, size)
 
