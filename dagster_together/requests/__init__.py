@@ -24,8 +24,9 @@ need it.
 
 from __future__ import annotations
 
-from dagster_together.requests.check import RequestFileStats, check_request_file
-from dagster_together.requests.chunks import RequestChunk, write_request_chunks
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from dagster_together.requests.rules import (
     BATCH_PURPOSE,
     MAX_BATCH_BYTES,
@@ -33,13 +34,42 @@ from dagster_together.requests.rules import (
     MAX_REQUESTS_PER_BATCH,
     SUPPORTED_ENDPOINTS,
 )
-from dagster_together.requests.table import (
-    build_requests,
-    input_columns_batches,
-    input_columns_table,
-    write_input_columns,
-)
-from dagster_together.requests.template import AudioTemplate, RequestTemplate
+
+if TYPE_CHECKING:
+    from dagster_together.requests.check import RequestFileStats, check_request_file
+    from dagster_together.requests.chunks import RequestChunk, write_request_chunks
+    from dagster_together.requests.table import (
+        build_requests,
+        input_columns_batches,
+        input_columns_table,
+        write_input_columns,
+    )
+    from dagster_together.requests.template import AudioTemplate, RequestTemplate
+
+# Loaded when first asked for: the package root (and so ``import dagster_together``) needs only
+# the limits, and a code location that never submits never builds a request.
+_LAZY = {
+    "AudioTemplate": "template",
+    "RequestChunk": "chunks",
+    "RequestFileStats": "check",
+    "RequestTemplate": "template",
+    "build_requests": "table",
+    "check_request_file": "check",
+    "input_columns_batches": "table",
+    "input_columns_table": "table",
+    "write_input_columns": "table",
+    "write_request_chunks": "chunks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AudioTemplate",
