@@ -13,8 +13,7 @@ location loads as fast as ``import dagster``.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dagster import DagsterLibraryRegistry
 
@@ -22,6 +21,7 @@ from dagster_together.assets import TogetherBatchDefs, build_together_batch_defs
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject
 from dagster_together.components import TogetherBatchComponent
 from dagster_together.cost import CostOptions
+from dagster_together.lazy import lazy_getattr
 from dagster_together.options import (
     BatchingOptions,
     ResubmitOptions,
@@ -48,13 +48,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = [

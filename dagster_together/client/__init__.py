@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # Types and errors are light; the httpx-backed classes load on first use so that importing
 # ``dagster_together`` (and a code location that only defines resources) stays fast.
@@ -32,6 +31,7 @@ from dagster_together.client.errors import (
 )
 from dagster_together.client.settings import ClientSettings, Retries
 from dagster_together.client.types import BatchJob, BatchStatus, FileObject, FileResponse
+from dagster_together.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from dagster_together.client.batches import Batches
@@ -46,24 +46,18 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    "Batches": "batches",
-    "TogetherClient": "core",
-    "normalize_key": "download",
-    "Files": "files",
-    "LogSink": "progress",
-    "DEFAULT_BASE_URL": "transport",
-    "Transport": "transport",
-    "normalize_base_url": "transport",
+    "Batches": ".batches",
+    "TogetherClient": ".core",
+    "normalize_key": ".download",
+    "Files": ".files",
+    "LogSink": ".progress",
+    "DEFAULT_BASE_URL": ".transport",
+    "Transport": ".transport",
+    "normalize_base_url": ".transport",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -24,9 +24,9 @@ need it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dagster_together.lazy import lazy_getattr
 from dagster_together.requests.rules import (
     BATCH_PURPOSE,
     MAX_BATCH_BYTES,
@@ -49,26 +49,20 @@ if TYPE_CHECKING:
 # Loaded when first asked for: the package root (and so ``import dagster_together``) needs only
 # the limits, and a code location that never submits never builds a request.
 _LAZY = {
-    "AudioTemplate": "template",
-    "RequestChunk": "chunks",
-    "RequestFileStats": "check",
-    "RequestTemplate": "template",
-    "build_requests": "table",
-    "check_request_file": "check",
-    "input_columns_batches": "table",
-    "input_columns_table": "table",
-    "write_input_columns": "table",
-    "write_request_chunks": "chunks",
+    "AudioTemplate": ".template",
+    "RequestChunk": ".chunks",
+    "RequestFileStats": ".check",
+    "RequestTemplate": ".template",
+    "build_requests": ".table",
+    "check_request_file": ".check",
+    "input_columns_batches": ".table",
+    "input_columns_table": ".table",
+    "write_input_columns": ".table",
+    "write_request_chunks": ".chunks",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = [
