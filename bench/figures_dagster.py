@@ -21,7 +21,7 @@ from typing import Any
 from bench import data
 from bench.context import Context
 from bench.measure import process_cpu_seconds, run_command, run_task, timed
-from bench.report import Row, seconds, times
+from bench.report import Row, paired_ratios, paired_text, seconds, times
 from bench.servers import API_KEY, EmulatorProcess
 
 __all__ = ["FIGURES"]
@@ -386,7 +386,7 @@ def import_time(ctx: Context) -> list[Row]:
     bare = min(start("pass") for _ in range(3))
     loaded = run_task(task_import_check, module="dagster_together")["loaded"]
     # As the join rows: the median of the ratios of the alternated pairs, best/best beside it.
-    ratio = statistics.median(o / r for o, r in zip(ours, ref, strict=True))
+    ratio = paired_ratios(ours, ref)["median"]
     best_ratio = min(ours) / min(ref)
     return [
         Row(
@@ -394,7 +394,7 @@ def import_time(ctx: Context) -> list[Row]:
             figure="import dagster_together",
             ours=seconds(min(ours)) + (f" (loads {', '.join(loaded)})" if loaded else ""),
             reference=f"{seconds(min(ref))} (import dagster)",
-            ratio=f"{times(ratio)} (median of {rounds} pairs; best/best {times(best_ratio)})",
+            ratio=paired_text(ratio, best_ratio, rounds),
             target="<= 1.2x, no pyarrow/s3fs/httpx",
             passed=ratio <= 1.2 and not {"pyarrow", "s3fs", "httpx"} & set(loaded),
             values={

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import os
 import resource
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 from bench import data
 from bench.context import Context
 from bench.measure import peak_rss, rss, run_task, timed
-from bench.report import Row, megabytes, seconds, times
+from bench.report import Row, megabytes, paired_ratios, paired_text, seconds, times
 
 __all__ = ["FIGURES"]
 
@@ -267,19 +266,20 @@ def _wall_cpu(run: dict[str, Any]) -> str:
     return f"{seconds(run['seconds'])} ({run['cpu_seconds']:.2f} CPU-s)"
 
 
-def _spread(ours: list[float], reference: list[float]) -> dict[str, float]:
-    """min / median / max of the ratios of the runs, paired in the order they ran."""
-    ratios = sorted(o / r for o, r in zip(ours, reference, strict=True))
-    return {"min": ratios[0], "median": statistics.median(ratios), "max": ratios[-1]}
-
-
-def _ratio_text(paired: float, best: float, pairs: int) -> str:
-    """``1.62x (median of 5 pairs; best/best 1.55x)``."""
-    return f"{times(paired)} (median of {_pairs(pairs)}; best/best {times(best)})"
-
-
-def _pairs(count: int) -> str:
-    return f"{count} pair" if count == 1 else f"{count} pairs"
+def _wall_cpu_ratios(ours: list[dict[str, Any]], reference: list[dict[str, Any]]) -> dict[str, Any]:
+    """Alternated runs of two sides compared: the spread of the pairs' ratios, wall and CPU (the
+    median is the row's ratio), and best/best beside it."""
+    return {
+        "wall_ratio_spread": paired_ratios(
+            [r["seconds"] for r in ours], [r["seconds"] for r in reference]
+        ),
+        "cpu_ratio_spread": paired_ratios(
+            [r["cpu_seconds"] for r in ours], [r["cpu_seconds"] for r in reference]
+        ),
+        "best_wall_ratio": _best(ours)["seconds"] / _best(reference)["seconds"],
+        "best_cpu_ratio": _best(ours, "cpu_seconds")["cpu_seconds"]
+        / _best(reference, "cpu_seconds")["cpu_seconds"],
+    }
 
 
 def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
@@ -295,17 +295,11 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
     prefix = "join" if shape == "short" else f"join_{shape}"
     ours_wall, ref_wall = _best(runs["ours"]), _best(runs["reference"])
     ours_cpu, ref_cpu = _best(runs["ours"], "cpu_seconds"), _best(runs["reference"], "cpu_seconds")
-    wall_spread = _spread(
-        [r["seconds"] for r in runs["ours"]], [r["seconds"] for r in runs["reference"]]
-    )
-    cpu_spread = _spread(
-        [r["cpu_seconds"] for r in runs["ours"]], [r["cpu_seconds"] for r in runs["reference"]]
-    )
     # The target applies to the median of the paired ratios (see PAIRED in the docstring);
     # best/best is shown beside it.
-    wall_ratio, cpu_ratio = wall_spread["median"], cpu_spread["median"]
-    best_wall_ratio = ours_wall["seconds"] / ref_wall["seconds"]
-    best_cpu_ratio = ours_cpu["cpu_seconds"] / ref_cpu["cpu_seconds"]
+    ratios = _wall_cpu_ratios(runs["ours"], runs["reference"])
+    wall_ratio = ratios["wall_ratio_spread"]["median"]
+    cpu_ratio = ratios["cpu_ratio_spread"]["median"]
     pairs = len(runs["ours"])
     complete = all(bool(r["complete"]) for r in runs["ours"])
     values = {
@@ -321,10 +315,7 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
         "reference_parquet_bytes": ref_wall["parquet_bytes"],
         "input_bytes": batch.input_bytes,
         "output_bytes": batch.output_bytes,
-        "wall_ratio_spread": wall_spread,
-        "cpu_ratio_spread": cpu_spread,
-        "best_wall_ratio": best_wall_ratio,
-        "best_cpu_ratio": best_cpu_ratio,
+        **ratios,
         "loadavg": list(os.getloadavg()),
     }
     reference = "(pyarrow JSONL->Parquet pass over the outputs, both snappy)"
@@ -337,7 +328,7 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
         "ours_jsonl_seconds": [r["seconds"] for r in runs["ours_jsonl"]],
         "ours_jsonl_cpu_seconds": [r["cpu_seconds"] for r in runs["ours_jsonl"]],
         "ours_jsonl_peak_rss": max(int(r["peak_rss"]) for r in runs["ours_jsonl"]),
-        "cpu_ratio_spread": _spread(
+        "cpu_ratio_spread": paired_ratios(
             [r["cpu_seconds"] for r in runs["ours_jsonl"]],
             [r["cpu_seconds"] for r in runs["reference"]],
         ),
@@ -354,7 +345,7 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
             figure=f"join_results wall time {asset}, {what}",
             ours=_wall_cpu(ours_wall),
             reference=f"{_wall_cpu(ref_wall)} {reference}",
-            ratio=_ratio_text(wall_ratio, best_wall_ratio, pairs),
+            ratio=paired_text(wall_ratio, ratios["best_wall_ratio"], pairs),
             target=f"<= {WALL_TARGET}x",
             passed=wall_ratio <= WALL_TARGET and complete,
             values={**values, "ratio": wall_ratio},
@@ -364,7 +355,7 @@ def _vs_pyarrow(ctx: Context, shape: str) -> list[Row]:
             figure=f"join_results CPU time {asset}, {what}",
             ours=_wall_cpu(ours_cpu),
             reference=f"{_wall_cpu(ref_cpu)} {reference}",
-            ratio=_ratio_text(cpu_ratio, best_cpu_ratio, pairs),
+            ratio=paired_text(cpu_ratio, ratios["best_cpu_ratio"], pairs),
             target=f"<= {CPU_TARGET}x",
             passed=cpu_ratio <= CPU_TARGET and complete,
             values={**values, "ratio": cpu_ratio},
@@ -488,12 +479,9 @@ def join_schema(ctx: Context) -> list[Row]:
         typed.append(run_task(task_join, **args, output_schema=data.REVIEW_SCHEMA))
         plain.append(run_task(task_join, **args))
     ours, ref = _best(typed), _best(plain)
-    ours_cpu, ref_cpu = _best(typed, "cpu_seconds"), _best(plain, "cpu_seconds")
-    wall_spread = _spread([r["seconds"] for r in typed], [r["seconds"] for r in plain])
-    cpu_spread = _spread([r["cpu_seconds"] for r in typed], [r["cpu_seconds"] for r in plain])
-    wall_ratio, cpu_ratio = wall_spread["median"], cpu_spread["median"]
-    best_wall_ratio = ours["seconds"] / ref["seconds"]
-    best_cpu_ratio = ours_cpu["cpu_seconds"] / ref_cpu["cpu_seconds"]
+    ratios = _wall_cpu_ratios(typed, plain)
+    wall_ratio = ratios["wall_ratio_spread"]["median"]
+    cpu_ratio = ratios["cpu_ratio_spread"]["median"]
     counts = ours["counts"]
     typed_ok = counts.get("invalid_output", 0) > 0 and all(bool(r["complete"]) for r in typed)
     at_main = max(int(r["peak_rss"]) for r in typed)
@@ -507,8 +495,8 @@ def join_schema(ctx: Context) -> list[Row]:
         ours=_wall_cpu(ours),
         reference=f"{_wall_cpu(ref)} (the same join without the schema, same files)",
         ratio=(
-            f"{times(wall_ratio)} ({times(cpu_ratio)} CPU), median of {_pairs(len(typed))}; "
-            f"best/best {times(best_wall_ratio)} ({times(best_cpu_ratio)} CPU)"
+            f"{paired_text(wall_ratio, ratios['best_wall_ratio'], len(typed))}; CPU "
+            f"{paired_text(cpu_ratio, ratios['best_cpu_ratio'], len(typed))}"
         ),
         target=f"<= {SCHEMA_TARGET}x (wall and CPU)",
         passed=wall_ratio <= SCHEMA_TARGET and cpu_ratio <= SCHEMA_TARGET and typed_ok,
@@ -519,10 +507,7 @@ def join_schema(ctx: Context) -> list[Row]:
             "plain_cpu_seconds": [r["cpu_seconds"] for r in plain],
             "wall_ratio": wall_ratio,
             "cpu_ratio": cpu_ratio,
-            "wall_ratio_spread": wall_spread,
-            "cpu_ratio_spread": cpu_spread,
-            "best_wall_ratio": best_wall_ratio,
-            "best_cpu_ratio": best_cpu_ratio,
+            **ratios,
             "counts": counts,
             "plain_peak_rss": max(int(r["peak_rss"]) for r in plain),
             "loadavg": list(os.getloadavg()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,8 @@ __all__ = [
     "Row",
     "machine",
     "megabytes",
+    "paired_ratios",
+    "paired_text",
     "print_table",
     "rate",
     "seconds",
@@ -176,3 +179,18 @@ def rate(value: float) -> str:
 def times(value: float) -> str:
     """A ratio as ``1.23x``."""
     return f"{value:.2f}x"
+
+
+# -- ratios of alternated runs ------------------------------------------------------------------
+def paired_ratios(ours: list[float], reference: list[float]) -> dict[str, float]:
+    """min / median / max of the ratios of the runs, paired in the order they ran (each of ours
+    over the reference run beside it, which shares the machine's state); the median is the
+    ratio a row's target applies to."""
+    ratios = sorted(o / r for o, r in zip(ours, reference, strict=True))
+    return {"min": ratios[0], "median": statistics.median(ratios), "max": ratios[-1]}
+
+
+def paired_text(median: float, best: float, pairs: int) -> str:
+    """``1.62x (median of 5 pairs; best/best 1.55x)``."""
+    counted = f"{pairs} pair" if pairs == 1 else f"{pairs} pairs"
+    return f"{times(median)} (median of {counted}; best/best {times(best)})"
